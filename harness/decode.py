@@ -1,0 +1,96 @@
+"""Batched decoding of utterances and WER evaluation of a split."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from harness.config import DecodeConfig
+from harness.data.audio import load_audio
+from harness.data.manifest import Utterance
+from harness.metrics import WERResult, word_errors
+from harness.models.speech_llm import SpeechLLM
+
+
+def _max_new_tokens(utts: Sequence[Utterance], cfg: DecodeConfig) -> int:
+    if cfg.tokens_per_second is None:
+        return cfg.max_new_tokens
+    longest = max(u.duration for u in utts)
+    return min(cfg.max_new_tokens, int(math.ceil(longest * cfg.tokens_per_second)) + 16)
+
+
+def transcribe(
+    model: SpeechLLM,
+    utts: Sequence[Utterance],
+    cfg: DecodeConfig,
+    *,
+    desc: str = "decode",
+    progress: bool = True,
+) -> list[str]:
+    """Greedy or beam-search transcripts, in the order of ``utts``.
+
+    Utterances are sorted by duration into batches (less padding, similar output lengths), then
+    put back in order; the model's padding masks and position ids make the batch composition
+    irrelevant to the result.
+    """
+    order = sorted(range(len(utts)), key=lambda i: utts[i].duration)
+    hyps: list[str] = [""] * len(utts)
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(utts), desc=desc, unit="utt", disable=not progress, leave=False)
+    try:
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            batch = [utts[i] for i in idx]
+            waves = [load_audio(u.audio) for u in batch]
+            out = model.generate(waves, beam=cfg.beam, max_new_tokens=_max_new_tokens(batch, cfg))
+            for i, h in zip(idx, out):
+                hyps[i] = h
+            bar.update(len(idx))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return hyps
+
+
+@dataclass
+class SplitResult:
+    name: str
+    wer: WERResult
+    rows: list[dict[str, Any]]  # per utterance: id, reference, hypothesis, errors, ref_words
+
+
+def evaluate_split(
+    model: SpeechLLM, name: str, utts: Sequence[Utterance], cfg: DecodeConfig, *, progress: bool = True
+) -> SplitResult:
+    hyps = transcribe(model, utts, cfg, desc=f"decode {name}", progress=progress)
+    refs = [u.text for u in utts]
+    wer, per_utt = word_errors(refs, hyps, normaliser=cfg.normaliser)
+    rows = [
+        {"id": u.id, "reference": u.text, "hypothesis": h, "errors": s.errors, "ref_words": s.ref_words}
+        for u, h, s in zip(utts, hyps, per_utt)
+    ]
+    return SplitResult(name, wer, rows)
+
+
+@torch.no_grad()
+def teacher_forced(model: SpeechLLM, utts: Sequence[Utterance], *, batch_size: int) -> dict[str, float]:
+    """Loss and next-token accuracy over the transcript tokens of ``utts`` (token-weighted)."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, tokens = 0.0, 0, 0
+    try:
+        for start in range(0, len(utts), batch_size):
+            batch = utts[start : start + batch_size]
+            out = model([load_audio(u.audio) for u in batch], [u.text for u in batch])
+            n = int(out["tokens"])
+            loss_sum += float(out["loss"]) * n
+            correct += int(out["correct"])
+            tokens += n
+    finally:
+        model.train(was_training)
+    return {"loss": loss_sum / max(tokens, 1), "acc": correct / max(tokens, 1)}

@@ -1,0 +1,60 @@
+"""Model building: a :class:`~harness.config.RunConfig` -> a ready :class:`SpeechLLM`."""
+from __future__ import annotations
+
+import torch
+
+from harness.config import RunConfig
+from harness.models.adapters import PROJECTORS, Downsampler, Projector
+from harness.models.encoders import ENCODERS, SpeechEncoder
+from harness.models.loading import ModelLoadError, Reference, check_reference, load_encoder, load_llm
+from harness.models.speech_llm import IGNORE, Prompt, SpeechLLM
+
+__all__ = [
+    "PROJECTORS", "ENCODERS", "IGNORE", "Downsampler", "ModelLoadError", "Projector", "Prompt", "Reference",
+    "SpeechEncoder", "SpeechLLM", "build_encoder", "build_model", "check_reference", "validate_references",
+]
+
+
+def validate_references(cfg: RunConfig) -> None:
+    """Fail before any run starts when a model or projector name cannot resolve."""
+    check_reference(cfg.encoder.name, kind="encoder")
+    check_reference(cfg.llm.name, kind="llm")
+    PROJECTORS.get(cfg.adapter.projector)
+
+
+def build_encoder(cfg: RunConfig) -> SpeechEncoder:
+    model, feature_extractor = load_encoder(cfg.encoder.name)
+    family = ENCODERS.get(model.config.model_type)
+    if family.__name__ == "WhisperSpeechEncoder":
+        return family(model, feature_extractor, input_mode=cfg.encoder.input_mode)
+    return family(model, feature_extractor)
+
+
+def build_model(cfg: RunConfig, *, device: torch.device | str = "cpu") -> SpeechLLM:
+    """Load encoder and LLM, create the projector (seeded by ``train.seed``), freeze what the recipe freezes."""
+    validate_references(cfg)
+    encoder = build_encoder(cfg)
+    llm, tokenizer = load_llm(cfg.llm.name)
+    d_llm = llm.get_input_embeddings().weight.shape[1]
+
+    encoder.requires_grad_(cfg.encoder.trainable)
+    llm.requires_grad_(False)
+    if cfg.llm.lora.enabled:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        lora = cfg.llm.lora
+        # Injected in place: the LLM stays a plain CausalLM, only lora_A/lora_B weights train.
+        llm = inject_adapter_in_model(
+            LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules)),
+            llm,
+        )
+        for name, p in llm.named_parameters():
+            p.requires_grad_("lora_" in name)
+
+    torch.manual_seed(cfg.train.seed)  # projector initialisation depends on the seed alone
+    projector = PROJECTORS.get(cfg.adapter.projector)(encoder.dim, d_llm, cfg.adapter)
+    model = SpeechLLM(
+        encoder, projector, llm, Prompt(tokenizer, cfg.llm),
+        train_encoder=cfg.encoder.trainable, output_norm=cfg.adapter.output_norm,
+    )
+    return model.to(device)

@@ -1,0 +1,221 @@
+"""SLAM-ASR: frozen speech encoder -> downsample + projector -> frozen decoder-only LLM.
+
+The sequence the LLM sees for one utterance (``plain`` prompt style, as in the paper)::
+
+    [BOS] USER: <speech embeddings ...> Transcribe speech to text. ASSISTANT: <transcript> <eos>
+    |------ prefix ----|-- S_i frames --|------------- suffix ------------|--- target ---|
+
+With the ``chat`` style the prefix/suffix come from the tokenizer's chat template instead. Only
+target tokens (transcript + EOS) carry labels; everything else is -100. Training batches are
+right-padded, generation batches left-padded; both carry an attention mask and position ids that
+count only real tokens, so a padded batch computes exactly what one-by-one processing computes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from harness.config import LLMConfig
+from harness.models.adapters import Projector
+from harness.models.encoders import SpeechEncoder
+
+IGNORE = -100
+SPEECH_MARK = "<|speech|>"
+
+
+class Prompt:
+    """Token ids around the speech embeddings, and the target ids of a transcript."""
+
+    def __init__(self, tokenizer, cfg: LLMConfig) -> None:
+        self.tokenizer, self.cfg = tokenizer, cfg
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the LLM's tokenizer has no EOS token; the transcript could never end")
+        self.eos_id: int = tokenizer.eos_token_id
+        self.pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        if cfg.prompt_style == "plain":
+            prefix, suffix = "USER: ", f" {cfg.prompt} ASSISTANT:"
+            self.prefix_ids = tokenizer(prefix, add_special_tokens=True).input_ids  # BOS where the model has one
+            self.target_lead = " "  # the transcript follows "ASSISTANT:" after a space
+        else:
+            if not getattr(tokenizer, "chat_template", None):
+                raise ValueError(
+                    f"llm.prompt_style='chat' but the tokenizer of {cfg.name!r} has no chat template; use prompt_style='plain'"
+                )
+            messages = [] if cfg.system_prompt is None else [{"role": "system", "content": cfg.system_prompt}]
+            messages.append({"role": "user", "content": f"{SPEECH_MARK} {cfg.prompt}"})
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            prefix, suffix = text.split(SPEECH_MARK)
+            self.prefix_ids = tokenizer(prefix, add_special_tokens=False).input_ids  # the template holds BOS
+            self.target_lead = ""
+        self.suffix_ids = tokenizer(suffix, add_special_tokens=False).input_ids
+
+    def cased(self, text: str) -> str:
+        return {"lower": text.lower(), "upper": text.upper(), "as_is": text}[self.cfg.casing]
+
+    def target_ids(self, text: str) -> list[int]:
+        return self.tokenizer(self.target_lead + self.cased(text), add_special_tokens=False).input_ids + [self.eos_id]
+
+
+@dataclass
+class LLMInputs:
+    embeds: torch.Tensor  # B, L, H
+    attention_mask: torch.Tensor  # B, L (1 = real token)
+    position_ids: torch.Tensor  # B, L
+    labels: torch.Tensor | None  # B, L (IGNORE except target tokens)
+
+
+class SpeechLLM(nn.Module):
+    """The whole model. Only the projector (and optionally the encoder / LoRA) trains."""
+
+    def __init__(
+        self,
+        encoder: SpeechEncoder,
+        projector: Projector,
+        llm: nn.Module,
+        prompt: Prompt,
+        *,
+        train_encoder: bool = False,
+        output_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.encoder, self.projector, self.llm, self.prompt = encoder, projector, llm, prompt
+        self.train_encoder = train_encoder
+        self.output_norm = output_norm
+        emb = llm.get_input_embeddings()
+        with torch.no_grad():
+            # Typical RMS of a token embedding as the LLM sees it (Gemma scales its embeddings).
+            sample = emb(torch.arange(min(emb.weight.shape[0], 4096), device=emb.weight.device))
+            self.register_buffer("embed_rms", sample.pow(2).mean(-1).sqrt().mean(), persistent=False)
+        # Token ids used in every sequence, embedded once per call (they are frozen unless LoRA
+        # touches embeddings, which it does not by default).
+        self.register_buffer("prefix_ids", torch.tensor(prompt.prefix_ids, dtype=torch.long), persistent=False)
+        self.register_buffer("suffix_ids", torch.tensor(prompt.suffix_ids, dtype=torch.long), persistent=False)
+
+    # ---------------------------------------------------------------- speech -> LLM embeddings
+    def encode(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveforms -> encoder frames ``B, T, D`` and lengths (no graph when the encoder is frozen)."""
+        with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
+            return self.encoder(waves)
+
+    def project(self, frames: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, lengths = self.projector(frames, lengths)  # B, T, D -> B, T', H_llm
+        if self.output_norm:  # match the scale of the token embeddings around the speech
+            x = x * (self.embed_rms / (x.pow(2).mean(-1, keepdim=True).sqrt() + 1e-6))
+        return x, lengths
+
+    # ---------------------------------------------------------------- sequence assembly
+    def build_inputs(
+        self, speech: torch.Tensor, speech_lens: torch.Tensor, targets: list[list[int]] | None, *, left_pad: bool
+    ) -> LLMInputs:
+        """Splice ``prefix + speech + suffix (+ target)`` per utterance into one padded batch."""
+        embed = self.llm.get_input_embeddings()
+        dev = speech.device
+        B = speech.shape[0]
+        pre, suf = embed(self.prefix_ids), embed(self.suffix_ids)  # P, H ; Q, H
+        tgt_ids = [torch.tensor(t, dtype=torch.long, device=dev) for t in targets] if targets is not None else None
+        tgt_emb = embed(torch.cat(tgt_ids)).split([len(t) for t in tgt_ids]) if tgt_ids else None
+        seqs, labels = [], []
+        for b in range(B):
+            parts = [pre, speech[b, : int(speech_lens[b])].to(pre.dtype), suf]
+            lab = [torch.full((pre.shape[0] + int(speech_lens[b]) + suf.shape[0],), IGNORE, dtype=torch.long, device=dev)]
+            if tgt_emb is not None:
+                parts.append(tgt_emb[b])
+                lab.append(tgt_ids[b])
+            seqs.append(torch.cat(parts))  # L_b, H
+            labels.append(torch.cat(lab))
+        lens = torch.tensor([s.shape[0] for s in seqs], device=dev)
+        L = int(lens.max())
+        H = seqs[0].shape[1]
+        embeds = speech.new_zeros((B, L, H), dtype=pre.dtype)
+        lab_pad = torch.full((B, L), IGNORE, dtype=torch.long, device=dev)
+        mask = torch.zeros((B, L), dtype=torch.long, device=dev)
+        for b, (s, lb) in enumerate(zip(seqs, labels)):
+            sl = slice(L - s.shape[0], L) if left_pad else slice(0, s.shape[0])
+            embeds[b, sl], lab_pad[b, sl], mask[b, sl] = s, lb, 1
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # count only real tokens
+        return LLMInputs(embeds, mask, position_ids, lab_pad if targets is not None else None)
+
+    # ---------------------------------------------------------------- training objective
+    def lm_loss(self, inputs: LLMInputs) -> dict[str, torch.Tensor]:
+        """Cross-entropy and teacher-forced accuracy over target tokens.
+
+        The LM head is applied only at positions that predict a label: with a 49k-token vocabulary
+        the full-vocabulary logits of every prompt and speech position are most of the step's cost.
+        """
+        decoder = self.llm.get_decoder()
+        hidden = decoder(
+            inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask, position_ids=inputs.position_ids,
+            use_cache=False,
+        ).last_hidden_state  # B, L, H
+        labels = inputs.labels[:, 1:]  # position t predicts token t+1
+        sel = labels != IGNORE
+        logits = self.llm.get_output_embeddings()(hidden[:, :-1][sel])  # N, V
+        cap = getattr(self.llm.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        target = labels[sel]
+        loss = F.cross_entropy(logits.float(), target)
+        correct = (logits.argmax(-1) == target).sum()
+        return {"loss": loss, "correct": correct.detach(), "tokens": torch.tensor(target.numel())}
+
+    def forward(self, waves: list[torch.Tensor], texts: list[str]) -> dict[str, torch.Tensor]:
+        frames, lengths = self.encode(waves)
+        return self.forward_frames(frames, lengths, texts)
+
+    def forward_frames(self, frames: torch.Tensor, lengths: torch.Tensor, texts: list[str]) -> dict[str, torch.Tensor]:
+        speech, speech_lens = self.project(frames, lengths)
+        targets = [self.prompt.target_ids(t) for t in texts]
+        return self.lm_loss(self.build_inputs(speech, speech_lens, targets, left_pad=False))
+
+    # ---------------------------------------------------------------- decoding
+    @torch.no_grad()
+    def generate(
+        self, waves: list[torch.Tensor], *, beam: int = 1, max_new_tokens: int = 200
+    ) -> list[str]:
+        frames, lengths = self.encode(waves)
+        return self.generate_frames(frames, lengths, beam=beam, max_new_tokens=max_new_tokens)
+
+    @torch.no_grad()
+    def generate_frames(
+        self, frames: torch.Tensor, lengths: torch.Tensor, *, beam: int = 1, max_new_tokens: int = 200
+    ) -> list[str]:
+        speech, speech_lens = self.project(frames, lengths)
+        inputs = self.build_inputs(speech, speech_lens, None, left_pad=True)
+        out = self.llm.generate(
+            inputs_embeds=inputs.embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+            max_new_tokens=max_new_tokens,
+            num_beams=beam,
+            do_sample=False,
+            eos_token_id=self.prompt.eos_id,
+            pad_token_id=self.prompt.pad_id,
+            # The checkpoint's own generation config may ask for sampling or penalties; ASR wants none.
+            temperature=None, top_p=None, top_k=None, repetition_penalty=None,
+        )
+        return [t.strip() for t in self.prompt.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    # ---------------------------------------------------------------- what trains
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Exactly the parameters that train (projector; LoRA and encoder when enabled)."""
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def param_counts(self) -> dict[str, int]:
+        count = lambda m, trainable=False: sum(p.numel() for p in m.parameters() if p.requires_grad or not trainable)  # noqa: E731
+        return {
+            "params/total": count(self),
+            "params/trainable": count(self, True),
+            "params/projector": count(self.projector),
+            "params/encoder": count(self.encoder),
+            "params/llm": count(self.llm),
+        }
+
+    def train(self, mode: bool = True) -> "SpeechLLM":
+        # Frozen parts stay in eval mode (no dropout) whatever the trainer asks.
+        super().train(mode)
+        self.encoder.train(mode and self.train_encoder)
+        self.llm.train(mode and any(p.requires_grad for p in self.llm.parameters()))
+        return self

@@ -1,0 +1,72 @@
+"""One registry type for every pluggable part (encoders, projectors, LLM prompt styles, packs, ...).
+
+A new component is one class plus one registration line::
+
+    PROJECTORS = Registry("projector")
+
+    @PROJECTORS.register("linear")
+    class LinearProjector(nn.Module): ...
+
+Registering a name twice is an error (a silent overwrite would make a run depend on import
+order), and an unknown name is an error that lists the valid names and suggests the closest.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class RegistryError(KeyError):
+    """An unknown or duplicate name in a registry."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class Registry(Generic[T]):
+    """A name -> object table with helpful errors."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def add(self, name: str, obj: T) -> T:
+        if name in self._items:
+            raise RegistryError(f"{self.kind} {name!r} is already registered (by {self._items[name]!r})")
+        self._items[name] = obj
+        return obj
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator form of :meth:`add`."""
+
+        def deco(obj: T) -> T:
+            return self.add(name, obj)
+
+        return deco
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise RegistryError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: str) -> str:
+        valid = ", ".join(sorted(self._items)) or "(none registered)"
+        close = difflib.get_close_matches(name, list(self._items), n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown {self.kind} {name!r}{hint}. Valid {self.kind} names: {valid}"
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)

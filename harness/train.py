@@ -1,0 +1,345 @@
+"""One training run: ``setup -> train -> cleanup``.
+
+The runner is deliberately thin. Each ``_setup_x`` returns one object; :meth:`Trainer.train` is the
+loop (gradient accumulation, clipping, per-step metrics, periodic evaluation, checkpoints, early
+stopping); :meth:`Trainer.finish` decodes the test splits and saves the trained weights.
+
+A checkpoint holds the trainable weights (safetensors) plus optimizer, scheduler, RNG state and the
+position in the data order, so a resumed run continues exactly where it stopped. Checkpoints are
+written to a temporary folder and renamed into place: a crash while writing leaves the previous one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from harness.config import RunConfig, config_hash, flatten, to_yaml
+from harness.data.audio import load_audio
+from harness.data.batching import batches_by_count, batches_by_duration
+from harness.data.manifest import Utterance, read_manifest
+from harness.decode import evaluate_split, teacher_forced, transcribe
+from harness.metrics import word_errors
+from harness.models import SpeechLLM, build_model
+from harness.tracking import LocalTracker, Tracker
+
+log = logging.getLogger("harness.train")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+    def __init__(self, step: int, value: float) -> None:
+        super().__init__(f"loss is {value} at step {step}; stopping (lower train.lr or enable train.clip)")
+        self.step = step
+
+
+@dataclass
+class Datasets:
+    train: list[Utterance]
+    dev: list[Utterance]
+    tests: dict[str, list[Utterance]]
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch_in_epoch: int = 0  # next batch of this epoch's order
+    best_dev_loss: float = math.inf
+    evals_without_improvement: int = 0
+    audio_seconds: float = 0.0
+    train_seconds: float = 0.0
+    stopped_early: bool = False
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    config_hash: str
+    state: TrainState
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
+    return Path(root) / config_hash(cfg)[:12]
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, out_dir: str | Path, *, tracker: Tracker | None = None, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.tracker: Tracker = tracker or LocalTracker(self.out_dir)
+        self.progress = progress
+        self.hash = config_hash(cfg)
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._check_out_dir()
+        self.device = resolve_device(self.cfg.train.device)
+        self.data = self._setup_data()
+        self.model = self._setup_model()
+        self.optimizer = self._setup_optimizer()
+        self.scheduler = self._setup_scheduler()
+        self.state = self._load_checkpoint() or TrainState()
+        if self.state.step == 0:
+            self.tracker.log_params(flatten(self.cfg))
+            self.tracker.set_tags({"config_hash": self.hash})
+            for name, value in self.model.param_counts().items():
+                self.tracker.log_metrics({name: float(value)}, step=0)
+
+    def _check_out_dir(self) -> None:
+        path = self.out_dir / "config.yaml"
+        if path.exists() and (self.out_dir / "config_hash").read_text().strip() != self.hash:
+            raise RuntimeError(f"{self.out_dir} holds a run of another configuration; choose another output folder")
+        path.write_text(to_yaml(self.cfg))
+        (self.out_dir / "config_hash").write_text(self.hash + "\n")
+
+    def _setup_data(self) -> Datasets:
+        d = self.cfg.data
+        keep = lambda utts, name: self._filter_long(utts, name)  # noqa: E731
+        train = keep(read_manifest(d.train), "train")
+        if d.max_train_utterances is not None:
+            train = train[: d.max_train_utterances]
+        tests = {name: keep(read_manifest(path), name) for name, path in d.test.items()}
+        for name, path in d.optional_test.items():
+            if Path(path).exists():
+                tests[name] = keep(read_manifest(path), name)
+            else:
+                log.warning("optional test split %s: %s not found, skipped", name, path)
+        return Datasets(train, keep(read_manifest(d.dev), "dev"), tests)
+
+    def _filter_long(self, utts: list[Utterance], name: str) -> list[Utterance]:
+        kept = [u for u in utts if u.duration <= self.cfg.data.max_duration]
+        if len(kept) < len(utts):
+            log.warning("%s: skipped %d utterances longer than data.max_duration=%.1f s",
+                        name, len(utts) - len(kept), self.cfg.data.max_duration)
+        if not kept:
+            raise ValueError(f"split {name!r} has no utterances to use")
+        return kept
+
+    def _setup_model(self) -> SpeechLLM:
+        return build_model(self.cfg, device=self.device)
+
+    def _setup_optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.cfg.train.lr, weight_decay=self.cfg.train.weight_decay)
+
+    def _setup_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        t = self.cfg.train
+
+        def factor(step: int) -> float:
+            if step < t.warmup_steps:
+                return (step + 1) / t.warmup_steps
+            if t.schedule == "constant":
+                return 1.0
+            progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
+            if t.schedule == "linear":
+                return max(0.0, 1.0 - progress)
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    # ------------------------------------------------------------------ data order
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        t = self.cfg.train
+        if t.batch_seconds is not None:
+            return batches_by_duration(self.data.train, t.batch_seconds, shuffle=True, seed=t.seed, epoch=epoch)
+        return batches_by_count(self.data.train, t.batch_size, shuffle=True, seed=t.seed, epoch=epoch)
+
+    def _next_batch(self) -> list[Utterance]:
+        """The next batch of the deterministic (seed, epoch) order, resumable at any position."""
+        while True:
+            if self.state.epoch not in self._order_cache:
+                self._order_cache = {self.state.epoch: self._epoch_batches(self.state.epoch)}
+            order = self._order_cache[self.state.epoch]
+            if self.state.batch_in_epoch < len(order):
+                break
+            self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+        idx = order[self.state.batch_in_epoch]
+        self.state.batch_in_epoch += 1
+        return [self.data.train[i] for i in idx]
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> RunResult:
+        t = self.cfg.train
+        self._order_cache: dict[int, list[list[int]]] = {}
+        self.model.train()
+        bar = tqdm(total=t.max_steps, initial=self.state.step, desc="train", unit="step", disable=not self.progress)
+        try:
+            while self.state.step < t.max_steps and not self.state.stopped_early:
+                metrics = self._train_step()
+                self.state.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/acc']:.3f}")
+                if self.state.step % t.log_every == 0:
+                    self.tracker.log_metrics(metrics, step=self.state.step)
+                if t.eval_every and self.state.step % t.eval_every == 0 and self.state.step < t.max_steps:
+                    self._evaluate()
+                if self.state.step % t.checkpoint_every == 0:
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            # SIGINT (or SIGTERM turned into it by the CLI): keep everything done so far.
+            self.save_checkpoint()
+            raise
+        finally:
+            bar.close()
+        return self.finish()
+
+    def _train_step(self) -> dict[str, float]:
+        t = self.cfg.train
+        start = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        batches = [self._next_batch() for _ in range(t.grad_accum)]
+        total_tokens = sum(len(self.model.prompt.target_ids(u.text)) for b in batches for u in b)
+        loss_sum, correct, audio = 0.0, 0, 0.0
+        for batch in batches:
+            out = self.model([load_audio(u.audio) for u in batch], [u.text for u in batch])
+            # Token-weighted over the whole accumulated step, as one big batch would be.
+            (out["loss"] * (int(out["tokens"]) / total_tokens)).backward()
+            loss_sum += float(out["loss"].detach()) * int(out["tokens"])
+            correct += int(out["correct"])
+            audio += sum(u.duration for u in batch)
+        loss = loss_sum / total_tokens
+        if not math.isfinite(loss):
+            raise TrainingDiverged(self.state.step + 1, loss)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, t.clip if t.clip is not None else float("inf"))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        seconds = time.perf_counter() - start
+        self.state.audio_seconds += audio
+        self.state.train_seconds += seconds
+        return {
+            "train/loss": loss,
+            "train/acc": correct / total_tokens,
+            "train/lr": lr,
+            "train/grad_norm": float(grad_norm),
+            "train/audio_sec_per_sec": audio / seconds,
+            "train/step_seconds": seconds,
+        }
+
+    def _evaluate(self) -> dict[str, float]:
+        t = self.cfg.train
+        dev = self.data.dev[: t.eval_utterances]
+        tf = teacher_forced(self.model, dev, batch_size=max(t.batch_size, 1))
+        hyps = transcribe(self.model, dev, self.cfg.decode, desc="dev", progress=self.progress)
+        wer, _ = word_errors([u.text for u in dev], hyps, normaliser=self.cfg.decode.normaliser)
+        metrics = {"dev/loss": tf["loss"], "dev/acc": tf["acc"], "dev/wer": wer.wer}
+        self.tracker.log_metrics(metrics, step=self.state.step)
+        log.info("step %d: dev loss %.4f acc %.4f wer %.2f%%", self.state.step, tf["loss"], tf["acc"], 100 * wer.wer)
+        if tf["loss"] < self.state.best_dev_loss:
+            self.state.best_dev_loss, self.state.evals_without_improvement = tf["loss"], 0
+        else:
+            self.state.evals_without_improvement += 1
+            if t.early_stop_patience and self.state.evals_without_improvement >= t.early_stop_patience:
+                log.info("early stop at step %d: dev loss did not improve for %d evaluations",
+                         self.state.step, self.state.evals_without_improvement)
+                self.state.stopped_early = True
+        return metrics
+
+    # ------------------------------------------------------------------ the end
+    def finish(self) -> RunResult:
+        final = dict(self._evaluate())
+        for name, utts in self.data.tests.items():
+            res = evaluate_split(self.model, name, utts, self.cfg.decode, progress=self.progress)
+            final.update(res.wer.as_metrics(f"test/{name}"))
+            self._write_rows(name, res.rows)
+            self.tracker.log_table(res.rows, f"transcripts/{name}.json")
+        final["train/wall_seconds"] = self.state.train_seconds
+        final["train/steps"] = float(self.state.step)
+        self.tracker.log_metrics(final, step=self.state.step)
+        save_file(_contiguous(self.model.trainable_state_dict()), str(self.out_dir / "trainable.safetensors"))
+        self.save_checkpoint()  # also flushes the tracker
+        result = RunResult(self.out_dir, self.hash, self.state, final)
+        (self.out_dir / "result.json").write_text(json.dumps({"state": asdict(self.state), "metrics": final}, indent=2))
+        return result
+
+    def _write_rows(self, name: str, rows: list[dict[str, Any]]) -> None:
+        path = self.out_dir / "transcripts" / f"{name}.jsonl"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out_dir / "checkpoint"
+
+    def save_checkpoint(self) -> None:
+        tmp = self.out_dir / "checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file(_contiguous(self.model.trainable_state_dict()), str(tmp / "trainable.safetensors"))
+        torch.save(
+            {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "torch_rng": torch.random.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "python_rng": random.getstate(),
+                "state": asdict(self.state),
+            },
+            tmp / "state.pt",
+        )
+        old = self.out_dir / "checkpoint.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if self.ckpt_dir.exists():
+            os.replace(self.ckpt_dir, old)
+        os.replace(tmp, self.ckpt_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        self.tracker.flush()  # everything the tracker holds is now covered by this checkpoint
+
+    def _load_checkpoint(self) -> TrainState | None:
+        ckpt = self.ckpt_dir if self.ckpt_dir.exists() else self.out_dir / "checkpoint.old"
+        if not (ckpt / "state.pt").exists():
+            return None
+        weights = load_file(str(ckpt / "trainable.safetensors"), device=str(self.device))
+        missing = set(self.model.trainable_state_dict()) - set(weights)
+        if missing:
+            raise RuntimeError(f"checkpoint {ckpt} lacks trainable weights {sorted(missing)[:5]}")
+        self.model.load_state_dict(weights, strict=False)
+        blob = torch.load(ckpt / "state.pt", map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.scheduler.load_state_dict(blob["scheduler"])
+        torch.random.set_rng_state(blob["torch_rng"].cpu())
+        if blob["cuda_rng"]:
+            torch.cuda.set_rng_state_all(blob["cuda_rng"])
+        random.setstate(blob["python_rng"])
+        log.info("resumed from %s at step %d", ckpt, blob["state"]["step"])
+        return TrainState(**blob["state"])
+
+    def cleanup(self) -> None:
+        self.tracker.flush()
+
+
+def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def run_training(cfg: RunConfig, out_dir: str | Path, *, tracker: Tracker | None = None, progress: bool = True) -> RunResult:
+    """Train (or resume) one run into ``out_dir`` and evaluate it on every test split."""
+    trainer = Trainer(cfg, out_dir, tracker=tracker, progress=progress)
+    trainer.setup()
+    try:
+        return trainer.train()
+    finally:
+        trainer.cleanup()
