@@ -66,3 +66,82 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
     os.replace(tmp, path)
+
+
+class MlflowTracker:
+    """Logs one run to MLflow (any tracking URI: a SQLite file, a folder, an ``mlflow server``).
+
+    Metrics are buffered and sent with ``log_batch`` on :meth:`flush` (the trainer flushes right
+    after each checkpoint), retried with backoff when the server is briefly unreachable: a
+    restarted server loses nothing that a checkpoint covers, and a resumed run never logs a
+    step twice.
+    """
+
+    _BATCH = 1000  # MLflow's limit of metrics per log_batch call
+
+    def __init__(self, client, run_id: str, *, local_dir: str | Path | None = None, retries: int = 6) -> None:
+        self.client, self.run_id, self.retries = client, run_id, retries
+        self.local = LocalTracker(local_dir) if local_dir is not None else None
+        self._buffer: list[tuple[str, float, int, int]] = []
+
+    def _retry(self, fn, *args, **kwargs):
+        import time
+
+        delay = 0.5
+        for attempt in range(self.retries + 1):
+            try:
+                return fn(*args, **kwargs)
+            except Exception:  # noqa: BLE001 - any transport error; the last one is re-raised
+                if attempt == self.retries:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 15.0)
+        return None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, "None" if v is None else str(v)) for k, v in params.items()]
+        existing = self.client.get_run(self.run_id).data.params
+        items = [p for p in items if p.key not in existing]  # params are immutable once logged
+        for i in range(0, len(items), 100):
+            self._retry(self.client.log_batch, self.run_id, params=items[i : i + 100])
+        if self.local:
+            self.local.log_params(params)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self._retry(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        now = int(time.time() * 1000)
+        self._buffer.extend((k, float(v), now, step) for k, v in metrics.items())
+        if self.local:
+            self.local.log_metrics(metrics, step)
+
+    def flush(self) -> None:
+        import time
+
+        from mlflow.entities import Metric, RunTag
+
+        # The heartbeat tells other workers this run is alive (see harness.runner.cell_status).
+        self._retry(self.client.log_batch, self.run_id, tags=[RunTag("harness.heartbeat", str(time.time()))])
+        while self._buffer:
+            chunk = self._buffer[: self._BATCH]
+            self._retry(self.client.log_batch, self.run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in chunk])
+            del self._buffer[: len(chunk)]
+        if self.local:
+            self.local.flush()
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
+        columns = list(rows[0]) if rows else []
+        data = {c: [r[c] for r in rows] for c in columns}
+        self._retry(self.client.log_table, self.run_id, data=data, artifact_file=artifact_file)
+        if self.local:
+            self.local.log_table(rows, artifact_file)

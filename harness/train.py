@@ -29,6 +29,7 @@ from harness.config import RunConfig, config_hash, flatten, to_yaml
 from harness.data.audio import load_audio
 from harness.data.batching import batches_by_count, batches_by_duration
 from harness.data.manifest import Utterance, read_manifest
+from harness.emergence import find_emergence, plot_curve
 from harness.decode import evaluate_split, teacher_forced, transcribe
 from harness.metrics import word_errors
 from harness.models import SpeechLLM, build_model
@@ -62,6 +63,7 @@ class TrainState:
     audio_seconds: float = 0.0
     train_seconds: float = 0.0
     stopped_early: bool = False
+    acc_history: list[float] = field(default_factory=list)  # train/acc of every step, for emergence
 
 
 @dataclass
@@ -188,6 +190,7 @@ class Trainer:
             while self.state.step < t.max_steps and not self.state.stopped_early:
                 metrics = self._train_step()
                 self.state.step += 1
+                self.state.acc_history.append(metrics["train/acc"])
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/acc']:.3f}")
                 if self.state.step % t.log_every == 0:
@@ -267,8 +270,14 @@ class Trainer:
             self.tracker.log_table(res.rows, f"transcripts/{name}.json")
         final["train/wall_seconds"] = self.state.train_seconds
         final["train/steps"] = float(self.state.step)
+        steps = list(range(1, len(self.state.acc_history) + 1))
+        emergence = find_emergence(steps, self.state.acc_history)
+        final.update(emergence.as_metrics())
         self.tracker.log_metrics(final, step=self.state.step)
+        plot_curve(steps, self.state.acc_history, emergence, str(self.out_dir / "accuracy_curve.png"), title=self.hash[:12])
         save_file(_contiguous(self.model.trainable_state_dict()), str(self.out_dir / "trainable.safetensors"))
+        for name in ("config.yaml", "trainable.safetensors", "accuracy_curve.png"):
+            self.tracker.log_artifact(self.out_dir / name)
         self.save_checkpoint()  # also flushes the tracker
         result = RunResult(self.out_dir, self.hash, self.state, final)
         (self.out_dir / "result.json").write_text(json.dumps({"state": asdict(self.state), "metrics": final}, indent=2))

@@ -67,19 +67,45 @@ def _hf_folder(ref: Reference) -> str:
     return ref.target
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can the Hugging Face hub be reached at all? (Answered in seconds, not after minutes of retries.)"""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _from_pretrained(loader: Callable[..., Any], name: str, **kwargs: Any) -> Any:
-    """``loader(name)`` with an error that says plainly when a hub id cannot be reached offline."""
+    """``loader(name)`` with an error that says plainly when a hub id cannot be reached offline.
+
+    Local folders and the local HF cache are tried first; the hub only when it is reachable.
+    """
+    if Path(name).exists():
+        try:
+            return loader(name, **kwargs)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"cannot load {name!r}: {e}") from e
+    try:
+        return loader(name, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        pass
+    if not hub_reachable():
+        raise ModelLoadError(
+            f"cannot load Hugging Face model {name!r}: it is not a local folder, not in the local Hugging Face "
+            f"cache, and the hub cannot be reached from this machine (offline). Download it where the hub is "
+            f"reachable (e.g. `hf download {name}`) or point to a local folder (hf:/path/to/model)."
+        )
     try:
         return loader(name, **kwargs)
     except (OSError, ValueError) as e:
-        if Path(name).exists():
-            raise ModelLoadError(f"cannot load {name!r}: {e}") from e
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        raise ModelLoadError(
-            f"cannot load Hugging Face model {name!r}: it is not a local folder and not in the local "
-            f"Hugging Face cache{' (HF_HUB_OFFLINE=1)' if offline else ', and the hub could not be reached'}. "
-            f"Download it where the hub is reachable (e.g. `hf download {name}`) or point to a local folder."
-        ) from None
+        raise ModelLoadError(f"cannot load Hugging Face model {name!r} from the hub: {e}") from e
 
 
 def load_encoder(reference: str) -> tuple[nn.Module, Any]:

