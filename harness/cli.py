@@ -179,17 +179,27 @@ def data_synth(texts, out, n_train, n_dev, n_test, n_test_unseen, seed, workers,
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", default="data/librispeech", show_default=True, type=click.Path(file_okay=False))
 @click.option("--split", "splits", multiple=True, help="Splits to index (default: every split found).")
+@click.option("--combine", "combine", multiple=True,
+              help="NAME=SPLIT,SPLIT,...: also write one manifest joining splits (e.g. train-960=train-clean-100,...).")
 @_friendly
-def data_librispeech(root: str, out: str, splits: tuple[str, ...]) -> None:
+def data_librispeech(root: str, out: str, splits: tuple[str, ...], combine: tuple[str, ...]) -> None:
     """Index a LibriSpeech tree into one JSONL manifest per split."""
     from harness.data.librispeech import librispeech_splits, read_librispeech
     from harness.data.manifest import write_manifest
 
+    read: dict[str, list] = {}
     for split in splits or librispeech_splits(root):
-        utts = read_librispeech(root, split)
+        read[split] = utts = read_librispeech(root, split)
         path = Path(out) / f"{split}.jsonl"
         write_manifest(path, utts)
-        click.echo(f"{split}: {len(utts)} utterances, {sum(u.duration for u in utts) / 60:.1f} min -> {path}")
+        click.echo(f"{split}: {len(utts)} utterances, {sum(u.duration for u in utts) / 3600:.2f} h -> {path}")
+    for spec in combine:
+        name, _, parts = spec.partition("=")
+        if not name or not parts:
+            raise HarnessError(f"--combine {spec!r}: expected NAME=SPLIT,SPLIT,...")
+        utts = [u for p in parts.split(",") for u in (read.get(p) or read_librispeech(root, p))]
+        write_manifest(Path(out) / f"{name}.jsonl", utts)
+        click.echo(f"{name}: {len(utts)} utterances -> {Path(out) / f'{name}.jsonl'}")
 
 
 # ------------------------------------------------------------------------------------- runs
@@ -344,6 +354,40 @@ def _fmt_emergence(metrics: dict[str, float]) -> str:
     if "emergence_step" in metrics:
         return f"step {int(metrics['emergence_step'])}"
     return "no" if metrics.get("emerged") == 0 else "-"
+
+
+@main.command()
+@click.option("--study", "study_file", default="studies/quickstart.yaml", show_default=True,
+              type=click.Path(exists=True, dir_okay=False))
+@click.option("--librispeech", default="../shared/data/librispeech-mini", show_default=True,
+              help="LibriSpeech tree for the real-speech test split (skipped when absent).")
+@click.option("--text", "texts", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Sentence source(s) for the synthetic corpus (default: the installed book text).")
+@click.option("--n-train", default=1000, show_default=True)
+@click.option("--n-eval", default=60, show_default=True, help="Utterances in each of dev/test/test_unseen.")
+@_tracking_option
+@click.pass_context
+def quickstart(ctx, study_file, librispeech, texts, n_train, n_eval, tracking_uri) -> None:
+    """The main job: synthesize the corpus, index real LibriSpeech, convert the packs, run the study."""
+    from harness import packs
+
+    if not Path("data/synth/train.jsonl").exists():
+        ctx.invoke(data_synth, texts=texts, out="data/synth", n_train=n_train, n_dev=n_eval, n_test=n_eval,
+                   n_test_unseen=n_eval, seed=0, workers=os.cpu_count() or 1, voices=None, unseen_voices=None)
+    if Path(librispeech).is_dir():
+        from harness.data.librispeech import librispeech_splits, read_librispeech
+        from harness.data.manifest import write_manifest
+
+        utts = [u for s in librispeech_splits(librispeech) for u in read_librispeech(librispeech, s)]
+        write_manifest(Path("data/librispeech/all.jsonl"), utts)
+        click.echo(f"librispeech: {len(utts)} real utterances -> data/librispeech/all.jsonl")
+    else:
+        click.echo(f"{librispeech} not found: no real-speech test split")
+    for name in packs.PACKS.names():
+        if packs.installed(name):
+            packs.pack_path(name)
+    ctx.invoke(study_run, study_file=study_file, overrides=(), dry_run=False, retry_failed=False,
+               runs_root="runs", no_progress=False, tracking_uri=tracking_uri)
 
 
 @main.command()

@@ -145,6 +145,7 @@ def _convert(name: str, *, force: bool) -> Path:
         )
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=final.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared between users
     try:
         _log(f"converting pack {name!r} into {final} ...")
         start = time.time()
@@ -240,8 +241,13 @@ def read_ct2(data: bytes | bytearray) -> CT2Model:
     buf = data if isinstance(data, bytearray) else bytearray(data)  # torch.frombuffer wants writable
     pos = 0
 
+    def need(n: int) -> None:
+        if pos + n > len(buf):
+            raise ValueError(f"CTranslate2 file truncated: {n} bytes needed at offset {pos}, size {len(buf)}")
+
     def take(fmt: str) -> int:
         nonlocal pos
+        need(struct.calcsize("<" + fmt))
         (value,) = struct.unpack_from("<" + fmt, buf, pos)
         pos += struct.calcsize("<" + fmt)
         return value
@@ -249,6 +255,7 @@ def read_ct2(data: bytes | bytearray) -> CT2Model:
     def string() -> str:
         nonlocal pos
         n = take("H")
+        need(n)
         s = bytes(buf[pos:pos + n - 1]).decode("utf-8")  # n counts the trailing NUL
         pos += n
         return s
@@ -266,8 +273,7 @@ def read_ct2(data: bytes | bytearray) -> CT2Model:
             raise ValueError(f"{name}: unknown CTranslate2 dtype id {dtype_id}")
         dtype = _CT2_DTYPES[dtype_id]
         count = n_bytes // dtype.itemsize
-        if pos + n_bytes > len(buf):
-            raise ValueError(f"{name}: file truncated ({n_bytes} bytes needed at offset {pos}, size {len(buf)})")
+        need(n_bytes)
         tensor = torch.frombuffer(buf, dtype=dtype, count=count, offset=pos) if count else torch.empty(0, dtype=dtype)
         variables[name] = tensor.reshape(shape)
         pos += n_bytes
@@ -511,6 +517,11 @@ def _convert_gguf(gguf_file: Path, out: Path) -> None:
         raise ValueError(f"GGUF conversion: missing {result.missing_keys}, unexpected {result.unexpected_keys}")
     model.generation_config = GenerationConfig.from_model_config(config)
     model.save_pretrained(out)
+    # The GGUF tokenizer has no length limit and remembers how it was loaded; neither belongs
+    # in the saved folder.
+    tok.model_max_length = config.max_position_embeddings
+    for key in ("is_local", "local_files_only"):
+        tok.init_kwargs.pop(key, None)
     tok.save_pretrained(out)
     del gguf_model, model
     _check_loads(AutoModelForCausalLM, out)
@@ -651,7 +662,7 @@ def generate_text(folder: Path, prompt: str, *, chat: bool, max_new_tokens: int 
 
 _LLM_PROMPTS = {  # (prompt, use chat template)
     "smollm2-135m-instruct": ("What is the capital of France?", True),
-    "gemma3-270m": ("The capital of France is", False),
+    "gemma3-270m": ("Once upon a time,", False),
 }
 
 

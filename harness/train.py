@@ -19,6 +19,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -85,7 +86,18 @@ def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, out_dir: str | Path, *, tracker: Tracker | None = None, progress: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        out_dir: str | Path,
+        *,
+        tracker: Tracker | None = None,
+        progress: bool = True,
+        on_evaluate: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> None:
+        """``on_evaluate(step, dev_metrics)`` is called after every evaluation during training; it may
+        raise (e.g. ``optuna.TrialPruned``) to stop the run, whose checkpoint and metrics are kept."""
+        self.on_evaluate = on_evaluate
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.tracker: Tracker = tracker or LocalTracker(self.out_dir)
@@ -196,7 +208,10 @@ class Trainer:
                 if self.state.step % t.log_every == 0:
                     self.tracker.log_metrics(metrics, step=self.state.step)
                 if t.eval_every and self.state.step % t.eval_every == 0 and self.state.step < t.max_steps:
-                    self._evaluate()
+                    dev = self._evaluate()
+                    if self.on_evaluate is not None:
+                        self.save_checkpoint()  # what the callback decides on is kept, whatever it decides
+                        self.on_evaluate(self.state.step, dev)
                 if self.state.step % t.checkpoint_every == 0:
                     self.save_checkpoint()
         except KeyboardInterrupt:
@@ -344,9 +359,16 @@ def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 
-def run_training(cfg: RunConfig, out_dir: str | Path, *, tracker: Tracker | None = None, progress: bool = True) -> RunResult:
+def run_training(
+    cfg: RunConfig,
+    out_dir: str | Path,
+    *,
+    tracker: Tracker | None = None,
+    progress: bool = True,
+    on_evaluate: Callable[[int, dict[str, float]], None] | None = None,
+) -> RunResult:
     """Train (or resume) one run into ``out_dir`` and evaluate it on every test split."""
-    trainer = Trainer(cfg, out_dir, tracker=tracker, progress=progress)
+    trainer = Trainer(cfg, out_dir, tracker=tracker, progress=progress, on_evaluate=on_evaluate)
     trainer.setup()
     try:
         return trainer.train()
