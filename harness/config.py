@@ -342,12 +342,18 @@ class SourceMap:
     def __init__(self, path: str | None = None, lines: dict[str, int] | None = None) -> None:
         self.path = path
         self.lines = lines or {}
+        self.overrides: dict[str, str] = {}  # dotted key -> the ``a.b=v`` text that set it
 
     def __call__(self, key: str) -> str:
+        # A value set by an override is blamed on the override, not on the YAML line it replaced.
+        parts = key.split(".")
+        for i in range(len(parts), 0, -1):
+            text = self.overrides.get(".".join(parts[:i]))
+            if text is not None:
+                return f"override {text!r}: "
         if self.path is None:
             return ""
         # Fall back to the closest written ancestor: an error in a default still points near it.
-        parts = key.split(".")
         while parts:
             line = self.lines.get(".".join(parts))
             if line is not None:
@@ -438,6 +444,7 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
     for text in overrides:
         key, value = parse_override(text)
         set_path(data, key, value)
+        where.overrides[key] = text
     return build_config(data, where=where)
 
 

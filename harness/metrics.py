@@ -7,6 +7,7 @@ transformers, which also unifies spellings and numbers).
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,7 +19,9 @@ _SPACES = re.compile(r"\s+")
 
 
 def normalize_librispeech(text: str) -> str:
-    """``"Hello, world -- it's me!"`` -> ``"HELLO WORLD IT'S ME"``."""
+    """``"Hello, world -- it's me!"`` -> ``"HELLO WORLD IT'S ME"``; ``"café"`` -> ``"CAFE"``."""
+    # Strip diacritics first: otherwise "café" would lose its last letter and "naïve" split in two.
+    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     text = _NON_WORD.sub(" ", text.upper().replace("\u2019", "'"))
     text = " ".join(w.strip("'") for w in text.split())  # quotes, not apostrophes inside words
     return _SPACES.sub(" ", text).strip()

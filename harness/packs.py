@@ -31,10 +31,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from harness.registry import Registry
+
+if TYPE_CHECKING:
+    from transformers import WhisperTokenizer
 
 # Bump when a converter changes what it writes: older folders then count as not converted.
 CONVERSION_VERSION = 1
@@ -208,19 +212,15 @@ def _dist_file(dist_name: str, suffix: str) -> Path:
     return path
 
 
-def _dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 # ---------------------------------------------------------------------------------------------
 # CTranslate2 model.bin reader
 #
-# Layout (little endian), binary versions 3..6:
+# Layout (little endian) of binary versions 4..6, the ones this reader accepts:
 #   u32 version, str spec_name, u32 spec_revision, u32 n_variables,
 #   n_variables x (str name, u8 rank, u32 dims[rank], u8 dtype, u32 n_bytes, bytes data),
 #   u32 n_aliases, n_aliases x (str alias, str target)
 # where str = u16 length (including a trailing NUL) + UTF-8 bytes + NUL, and dtype indexes
-# CTranslate2's DataType enum. Versions < 4 stored an item size instead of a dtype; we reject them.
+# CTranslate2's DataType enum (older versions stored an item size instead, which is ambiguous).
 
 _CT2_DTYPES = (torch.float32, torch.int8, torch.int16, torch.int32, torch.float16, torch.bfloat16)
 
@@ -359,7 +359,7 @@ def _whisper_state_dict(ct2: CT2Model, n_enc: int, n_dec: int) -> dict[str, torc
     return sd
 
 
-def _whisper_tokenizer(tokenizer_json: Path, vocabulary_txt: Path):
+def _whisper_tokenizer(tokenizer_json: Path, vocabulary_txt: Path) -> WhisperTokenizer:
     """HF WhisperTokenizer from the pack's tokenizer.json, plus the timestamp tokens it lacks.
 
     The pack's tokenizer.json stops at <|notimestamps|>; the model's vocabulary (vocabulary.txt,
@@ -384,9 +384,17 @@ def _whisper_tokenizer(tokenizer_json: Path, vocabulary_txt: Path):
     return tok
 
 
-def _convert_whisper(model_bin: bytes, config_json: Path, tokenizer_json: Path, vocabulary_txt: Path, out: Path) -> None:
-    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
-                              WhisperForConditionalGeneration, WhisperProcessor)
+def _convert_whisper(
+    model_bin: bytes, config_json: Path, tokenizer_json: Path, vocabulary_txt: Path, out: Path
+) -> None:
+    """Write an HF Whisper folder (model, generation config, processor) from a CT2 Whisper pack."""
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+    )
 
     ct2 = read_ct2(model_bin)
     if ct2.spec != "WhisperSpec":
@@ -460,7 +468,7 @@ def _convert_whisper(model_bin: bytes, config_json: Path, tokenizer_json: Path, 
     _check_loads(WhisperForConditionalGeneration, out)
 
 
-def _check_loads(model_cls, folder: Path) -> None:
+def _check_loads(model_cls: type, folder: Path) -> None:
     """Reload the saved folder and insist on an exact key match (the whole point of converting)."""
     _, info = model_cls.from_pretrained(folder, output_loading_info=True)
     bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
@@ -597,14 +605,6 @@ _pack(
 # ---------------------------------------------------------------------------------------------
 # verification: prove a converted pack works end to end
 
-_NON_WORD = re.compile(r"[^A-Z0-9' ]+")
-
-
-def _normalize(text: str) -> str:
-    """Uppercase, punctuation (except apostrophes) to spaces, collapsed spaces: LibriSpeech style."""
-    return " ".join(_NON_WORD.sub(" ", text.upper().replace("\u2019", "'")).split())
-
-
 def default_librispeech_dir() -> Path:
     """The shared LibriSpeech sample, ../shared/data/librispeech-mini relative to the repo root."""
     return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "librispeech-mini"
@@ -666,14 +666,17 @@ _LLM_PROMPTS = {  # (prompt, use chat template)
 }
 
 
-def verify(name: str, *, limit: int | None = None, data_dir: Path | None = None, verbose: bool = True) -> float | str:
+def verify(name: str, *, limit: int | None = None, data_dir: Path | None = None, verbose: bool = False) -> float | str:
     """Prove a pack's conversion end to end (converting it first if needed).
 
     Whisper packs: greedy-transcribe the LibriSpeech utterances under data_dir (default: the shared
     librispeech-mini, at most `limit` of them) and return the WER (a fraction, after LibriSpeech-style
-    normalisation). LLM packs: return a short greedy answer to a fixed prompt.
+    normalisation). LLM packs: return a short greedy answer to a fixed prompt. `verbose` prints
+    every reference/hypothesis pair (or the prompt).
     """
     import jiwer
+
+    from harness.metrics import normalize_librispeech  # uppercase, no punctuation but apostrophes
 
     spec = PACKS.get(name)
     folder = pack_path(name)
@@ -688,8 +691,8 @@ def verify(name: str, *, limit: int | None = None, data_dir: Path | None = None,
         raise FileNotFoundError(f"no LibriSpeech utterances found under {data_dir or default_librispeech_dir()}")
     utts = utts[:limit] if limit is not None else utts
     hyps = transcribe(folder, [p for p, _ in utts])
-    refs = [_normalize(t) for _, t in utts]
-    hyps_norm = [_normalize(h) for h in hyps]
+    refs = [normalize_librispeech(t) for _, t in utts]
+    hyps_norm = [normalize_librispeech(h) for h in hyps]
     wer = jiwer.wer(refs, hyps_norm)
     if verbose:
         for (path, _), ref, hyp in zip(utts, refs, hyps_norm):

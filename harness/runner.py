@@ -63,7 +63,11 @@ def find_cell_runs(client, experiment_id: str, study: str) -> dict[str, Any]:
     return {r.data.tags[TAG_HASH]: r for r in runs}
 
 
-def cell_status(run: Any | None) -> str:
+CLAIM_TIMEOUT = 300.0  # seconds without a heartbeat after which a RUNNING cell counts as abandoned
+HEARTBEAT_EVERY = 30.0
+
+
+def cell_status(run: Any | None, *, claim_timeout: float = CLAIM_TIMEOUT) -> str:
     """new | done | failed | running | interrupted."""
     if run is None:
         return "new"
@@ -74,8 +78,66 @@ def cell_status(run: Any | None) -> str:
         return "failed"
     if status == "RUNNING":
         beat = float(run.data.tags.get(TAG_HEARTBEAT, 0))
-        return "running" if time.time() - beat < 600 else "interrupted"
+        return "running" if time.time() - beat < claim_timeout else "interrupted"
     return "interrupted"  # KILLED / SCHEDULED
+
+
+class Heartbeat:
+    """Sets the run's heartbeat tag every few seconds from a daemon thread while a cell trains,
+    so other workers can tell a live run from one whose worker died."""
+
+    def __init__(self, client, run_id: str, every: float = HEARTBEAT_EVERY) -> None:
+        import threading
+
+        self.client, self.run_id, self.every = client, run_id, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="harness-heartbeat")
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.client.set_tag(self.run_id, TAG_HEARTBEAT, str(time.time()))
+            except Exception:  # noqa: BLE001 - a missed beat is harmless; the next one retries
+                pass
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def claim_cell(client, experiment_id: str, study: str, cell_hash: str, generation: str, *,
+               claim_timeout: float = CLAIM_TIMEOUT) -> str | None:
+    """Atomically claim a cell among concurrent workers sharing one tracking store.
+
+    Every contender creates a small *claim* run for ``(cell_hash, generation)`` and then reads all
+    live claims for the same pair: the earliest (start time, then run id) wins, the others delete
+    theirs and move on. Every worker sees the same claims once its own is written, so exactly one
+    wins, on any MLflow store (SQLite, PostgreSQL, a remote server). ``generation`` names what is
+    being claimed (``new`` or the abandoned run being resumed), so an old claim never blocks a new
+    round. Returns the winning claim's run id, or None.
+    """
+    claim = client.create_run(
+        experiment_id, run_name=f"claim:{cell_hash[:12]}",
+        tags={TAG_KIND: "claim", TAG_STUDY: study, TAG_HASH: cell_hash, "harness.generation": generation},
+    ).info.run_id
+    claims = client.search_runs(
+        [experiment_id],
+        filter_string=(f"tags.`{TAG_KIND}` = 'claim' and tags.`{TAG_HASH}` = '{cell_hash}' "
+                       f"and tags.`harness.generation` = '{generation}'"),
+        max_results=1000,
+    )
+    now_ms = time.time() * 1000
+    live = [c for c in claims if now_ms - c.info.start_time < claim_timeout * 1000 or c.info.run_id == claim]
+    winner = min(live, key=lambda c: (c.info.start_time, c.info.run_id))
+    if winner.info.run_id != claim:
+        client.delete_run(claim)
+        return None
+    return claim
 
 
 def git_commit() -> str:
@@ -112,16 +174,22 @@ class CellOutcome:
 
 
 def _parent_run(client, experiment_id: str, study: Study) -> str:
-    runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{TAG_STUDY}` = '{study.name}' and tags.`{TAG_KIND}` = 'study'", max_results=1
-    )
-    if runs:
-        run_id = runs[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-        return run_id
-    run = client.create_run(experiment_id, run_name=f"study:{study.name}", tags={TAG_KIND: "study", TAG_STUDY: study.name})
-    client.log_text(run.info.run_id, study.path.read_text(), "study.yaml")
-    return run.info.run_id
+    """The study's one parent run; concurrent workers agree on the earliest one (like claims)."""
+    flt = f"tags.`{TAG_STUDY}` = '{study.name}' and tags.`{TAG_KIND}` = 'study'"
+    runs = client.search_runs([experiment_id], filter_string=flt, max_results=100)
+    if not runs:
+        run = client.create_run(experiment_id, run_name=f"study:{study.name}", tags={TAG_KIND: "study", TAG_STUDY: study.name})
+        mine = run.info.run_id
+        runs = client.search_runs([experiment_id], filter_string=flt, max_results=100)
+        winner = min(runs, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
+        if winner != mine:
+            client.delete_run(mine)
+        else:
+            client.log_text(mine, study.path.read_text(), "study.yaml")
+        return winner
+    run_id = min(runs, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
+    client.update_run(run_id, status="RUNNING")
+    return run_id
 
 
 def run_study(
@@ -131,11 +199,14 @@ def run_study(
     runs_root: str | Path = "runs",
     retry_failed: bool = False,
     progress: bool = True,
+    claim_timeout: float = CLAIM_TIMEOUT,
 ) -> list[CellOutcome]:
-    """Run every cell that is not done; returns one outcome per cell, in grid order."""
-    from harness.tracking import MlflowTracker
-    from harness.train import resolve_device, run_training
+    """Run every cell that is not done; returns one outcome per cell, in grid order.
 
+    Any number of workers may run the same study against one tracking store at once: each cell
+    is claimed atomically (:func:`claim_cell`), so no cell trains twice, and a cell whose worker
+    died (no heartbeat for ``claim_timeout`` seconds) is resumed by the next worker to reach it.
+    """
     client = make_client(uri)
     exp_id = _experiment_id(client, study.experiment)
     parent = _parent_run(client, exp_id, study)
@@ -143,62 +214,85 @@ def run_study(
     outcomes: list[CellOutcome] = []
     try:
         for i, cell in enumerate(study.cells, 1):
-            existing = find_cell_runs(client, exp_id, study.name).get(cell.hash)
-            status = cell_status(existing)
             label = f"[{i}/{len(study.cells)}] {cell.name} ({cell.hash[:12]})"
-            if status == "done":
-                log.info("%s: done, skipped", label)
-                outcomes.append(CellOutcome(cell, "skipped-done", existing.info.run_id, existing.data.metrics))
-                continue
-            if status == "failed" and not retry_failed:
-                log.info("%s: failed before, skipped (use --retry-failed)", label)
-                outcomes.append(CellOutcome(cell, "skipped-failed", existing.info.run_id, existing.data.metrics,
-                                            existing.data.tags.get("harness.error", "")))
-                continue
-            if status == "running":
-                log.info("%s: running in another worker, skipped", label)
-                outcomes.append(CellOutcome(cell, "skipped-running", existing.info.run_id, {}))
-                continue
-            log.info("%s: %s", label, "resuming" if existing else "starting")
-            if existing:
-                run_id = existing.info.run_id
-                client.update_run(run_id, status="RUNNING")
-            else:
-                tags = {
-                    "mlflow.parentRunId": parent, TAG_KIND: "cell", TAG_STUDY: study.name, TAG_HASH: cell.hash,
-                    **env, "harness.device": str(resolve_device(cell.config.train.device)),
-                    **{f"axis.{k}": str(v) for k, v in cell.values.items()},
-                }
-                run_id = client.create_run(exp_id, run_name=cell.name, tags=tags).info.run_id
-            client.set_tag(run_id, TAG_HEARTBEAT, str(time.time()))
-            out_dir = Path(runs_root) / study.name / cell.hash[:12]
-            tracker = MlflowTracker(client, run_id)
-            try:
-                result = run_training(cell.config, out_dir, tracker=tracker, progress=progress)
-            except KeyboardInterrupt:
-                client.set_terminated(run_id, "KILLED")
-                outcomes.append(CellOutcome(cell, "killed", run_id, {}))
-                raise
-            except Exception as e:  # noqa: BLE001 - isolate the failure to this cell
-                tb = traceback.format_exc()
-                log.error("%s failed: %s", label, e)
-                try:
-                    tracker.flush()
-                except Exception:  # noqa: BLE001
-                    pass
-                client.log_text(run_id, tb, "error.txt")
-                client.set_tag(run_id, "harness.error", f"{type(e).__name__}: {e}"[:5000])
-                client.set_terminated(run_id, "FAILED")
-                outcomes.append(CellOutcome(cell, "failed", run_id, {}, f"{type(e).__name__}: {e}"))
-                continue
-            client.set_terminated(run_id, "FINISHED")
-            outcomes.append(CellOutcome(cell, "done", run_id, result.metrics))
+            outcome = _run_cell(client, exp_id, parent, study, cell, env, label=label, runs_root=runs_root,
+                                retry_failed=retry_failed, progress=progress, claim_timeout=claim_timeout)
+            outcomes.append(outcome)
     except KeyboardInterrupt:
         client.set_terminated(parent, "KILLED")
         raise
     failed = any(o.status in ("failed", "skipped-failed") for o in outcomes)
+    if any(o.status == "skipped-running" for o in outcomes):
+        return outcomes  # other workers are still on it; the parent stays RUNNING
     client.set_terminated(parent, "FAILED" if failed else "FINISHED")
     return outcomes
+
+
+def _run_cell(client, exp_id: str, parent: str, study: Study, cell: Cell, env: dict[str, str], *, label: str,
+              runs_root: str | Path, retry_failed: bool, progress: bool, claim_timeout: float) -> CellOutcome:
+    from harness.tracking import MlflowTracker
+    from harness.train import resolve_device, run_training
+
+    existing = find_cell_runs(client, exp_id, study.name).get(cell.hash)
+    status = cell_status(existing, claim_timeout=claim_timeout)
+    if status == "done":
+        log.info("%s: done, skipped", label)
+        return CellOutcome(cell, "skipped-done", existing.info.run_id, existing.data.metrics)
+    if status == "failed" and not retry_failed:
+        log.info("%s: failed before, skipped (use --retry-failed)", label)
+        return CellOutcome(cell, "skipped-failed", existing.info.run_id, existing.data.metrics,
+                           existing.data.tags.get("harness.error", ""))
+    if status == "running":
+        log.info("%s: running in another worker, skipped", label)
+        return CellOutcome(cell, "skipped-running", existing.info.run_id, {})
+    generation = "new" if existing is None else f"{existing.info.run_id}:{existing.data.tags.get(TAG_HEARTBEAT, '')}"
+    claim = claim_cell(client, exp_id, study.name, cell.hash, generation, claim_timeout=claim_timeout)
+    if claim is None:
+        log.info("%s: claimed by another worker, skipped", label)
+        return CellOutcome(cell, "skipped-running", None, {})
+    try:
+        # Re-read after winning: a worker that finished this cell just before our claim shows up here.
+        now = find_cell_runs(client, exp_id, study.name).get(cell.hash)
+        if (now.info.run_id if now else None) != (existing.info.run_id if existing else None) or (
+            now is not None and cell_status(now, claim_timeout=claim_timeout) in ("done", "running")
+        ):
+            log.info("%s: taken by another worker meanwhile, skipped", label)
+            return CellOutcome(cell, "skipped-running", None, {})
+        log.info("%s: %s", label, "resuming" if existing else "starting")
+        if existing:
+            run_id = existing.info.run_id
+            client.update_run(run_id, status="RUNNING")
+        else:
+            tags = {
+                "mlflow.parentRunId": parent, TAG_KIND: "cell", TAG_STUDY: study.name, TAG_HASH: cell.hash,
+                **env, "harness.device": str(resolve_device(cell.config.train.device)),
+                **{f"axis.{k}": str(v) for k, v in cell.values.items()},
+            }
+            run_id = client.create_run(exp_id, run_name=cell.name, tags=tags).info.run_id
+        client.set_tag(run_id, TAG_HEARTBEAT, str(time.time()))
+    finally:
+        client.delete_run(claim)  # the cell run (with its heartbeat) now guards the cell
+    out_dir = Path(runs_root) / study.name / cell.hash[:12]
+    tracker = MlflowTracker(client, run_id)
+    try:
+        with Heartbeat(client, run_id):
+            result = run_training(cell.config, out_dir, tracker=tracker, progress=progress)
+    except KeyboardInterrupt:
+        client.set_terminated(run_id, "KILLED")
+        raise
+    except Exception as e:  # noqa: BLE001 - isolate the failure to this cell
+        tb = traceback.format_exc()
+        log.error("%s failed: %s", label, e)
+        try:
+            tracker.flush()
+        except Exception:  # noqa: BLE001
+            pass
+        client.log_text(run_id, tb, "error.txt")
+        client.set_tag(run_id, "harness.error", f"{type(e).__name__}: {e}"[:5000])
+        client.set_terminated(run_id, "FAILED")
+        return CellOutcome(cell, "failed", run_id, {}, f"{type(e).__name__}: {e}")
+    client.set_terminated(run_id, "FINISHED")
+    return CellOutcome(cell, "done", run_id, result.metrics)
 
 
 def study_table(study: Study, *, uri: str | None = None) -> list[dict[str, str]]:

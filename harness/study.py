@@ -37,7 +37,7 @@ from harness.config import (
     set_path,
 )
 
-_STUDY_KEYS = ("name", "description", "base", "axes", "zip", "include", "exclude", "tracking")
+_STUDY_KEYS = ("name", "description", "base", "axes", "zip", "include", "exclude", "tracking", "search")
 
 
 @dataclass(frozen=True)

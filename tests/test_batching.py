@@ -72,7 +72,7 @@ def test_duration_max_count(utts):
 
 
 def test_duration_determinism_and_epochs(utts):
-    kw = dict(bucket=True, shuffle=True, pool_size=200)
+    kw = {"bucket": True, "shuffle": True, "pool_size": 200}
     a = batches_by_duration(utts, 60.0, seed=3, epoch=0, **kw)
     assert a == batches_by_duration(utts, 60.0, seed=3, epoch=0, **kw)
     assert a != batches_by_duration(utts, 60.0, seed=3, epoch=1, **kw)
@@ -95,7 +95,11 @@ def test_no_shuffle_is_fixed(utts):
     assert a == batches_by_duration(utts, 60.0, shuffle=False, seed=5, epoch=9)
 
 
-@pytest.mark.parametrize("kwargs", [dict(max_seconds=0), dict(max_seconds=10, max_count=0), dict(max_seconds=10, pool_size=0)])
+@pytest.mark.parametrize("kwargs", [
+    {"max_seconds": 0},
+    {"max_seconds": 10, "max_count": 0},
+    {"max_seconds": 10, "pool_size": 0},
+])
 def test_duration_bad_arguments(utts, kwargs):
     with pytest.raises(ValueError):
         batches_by_duration(utts, **kwargs)

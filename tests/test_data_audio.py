@@ -13,7 +13,7 @@ FLAC = SHARED / "librispeech-mini" / "LibriSpeech" / "dev-clean" / "1272" / "128
 
 
 def sine(freq: float, rate: int, seconds: float, amplitude: float = 0.5) -> np.ndarray:
-    t = np.arange(int(round(seconds * rate))) / rate
+    t = np.arange(round(seconds * rate)) / rate
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 

@@ -114,10 +114,10 @@ def test_check_audio_files(tmp_path):
     cut_path.write_bytes((CHAPTER / "1988-24833-0000.flac").read_bytes()[:30_000])
     cut = Utterance("cut", str(cut_path), "A", 1.0)
 
-    problems = dict((u.id, reason) for u, reason in check_audio_files([good, missing, garbage, cut]))
+    problems = {u.id: reason for u, reason in check_audio_files([good, missing, garbage, cut])}
     assert set(problems) == {"missing", "garbage"}  # a header-only check cannot see truncation
     assert "missing" in problems["missing"] and "nope.flac" in problems["missing"]
     assert "garbage.flac" in problems["garbage"]
 
-    problems = dict((u.id, reason) for u, reason in check_audio_files([good, cut], decode=True))
+    problems = {u.id: reason for u, reason in check_audio_files([good, cut], decode=True)}
     assert set(problems) == {"cut"} and "cut.flac" in problems["cut"]

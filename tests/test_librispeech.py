@@ -74,7 +74,11 @@ def test_audio_without_transcript_line(tree):
         read_librispeech(tree, "dev-clean")
 
 
-@pytest.mark.parametrize("bad_line", ["1988-24833-0004\n", "1988_24833_0004 WORDS\n", "1988-99999-0004 WRONG CHAPTER\n"])
+@pytest.mark.parametrize("bad_line", [
+    "1988-24833-0004\n",  # no transcript
+    "1988_24833_0004 WORDS\n",  # not an utterance id
+    "1988-99999-0004 WRONG CHAPTER\n",  # id of another chapter
+])
 def test_malformed_line_names_file_and_line(tree, bad_line):
     with open(trans(tree), "a") as f:
         f.write(bad_line)

@@ -44,7 +44,8 @@ def test_normalize_text(raw, expected):
 
 
 def test_split_sentences_keeps_titles_and_paragraphs():
-    text = "Mr. Knightley came. He said \"Well!\" and left.\nThen he\nreturned?\n\nA new paragraph without stop\n\nLast."
+    text = ("Mr. Knightley came. He said \"Well!\" and left.\nThen he\nreturned?\n\n"
+            "A new paragraph without stop\n\nLast.")
     assert split_sentences(text) == [
         "mister Knightley came.", 'He said "Well!"', "and left.", "Then he returned?",
         "A new paragraph without stop", "Last."]
@@ -89,13 +90,14 @@ def test_default_text_source():
     assert all(normalize_text(s) == s and 4 <= len(s.split()) <= 25 for s in sentences)
 
 
-SENTENCES = [f"SENTENCE NUMBER {w} IS HERE" for w in
-             "ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE TEN ELEVEN TWELVE THIRTEEN FOURTEEN".split()]
+NUMBERS = ["ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE", "TEN", "ELEVEN", "TWELVE",
+           "THIRTEEN", "FOURTEEN"]
+SENTENCES = [f"SENTENCE NUMBER {w} IS HERE" for w in NUMBERS]
 
 
 def test_plan_is_deterministic_disjoint_and_balanced():
-    kw = dict(voices=["flite-slt", "espeak-en-us-m3"], unseen_voices=["flite-kal16"],
-              n_train=6, n_dev=2, n_test=2, n_test_unseen=2)
+    kw = {"voices": ["flite-slt", "espeak-en-us-m3"], "unseen_voices": ["flite-kal16"],
+          "n_train": 6, "n_dev": 2, "n_test": 2, "n_test_unseen": 2}
     plan = plan_corpus(SENTENCES, seed=3, **kw)
     assert plan == plan_corpus(list(reversed(SENTENCES)), seed=3, **kw)  # input order is irrelevant
     assert plan != plan_corpus(SENTENCES, seed=4, **kw)
@@ -110,7 +112,7 @@ def test_plan_is_deterministic_disjoint_and_balanced():
 
 
 def test_plan_errors():
-    kw = dict(n_train=2, n_dev=1, n_test=1, n_test_unseen=1)
+    kw = {"n_train": 2, "n_dev": 1, "n_test": 1, "n_test_unseen": 1}
     with pytest.raises(ValueError, match="must not be used in training"):
         plan_corpus(SENTENCES, voices=["flite-slt"], unseen_voices=["flite-slt"], **kw)
     with pytest.raises(ValueError, match="unknown voice"):
@@ -145,8 +147,8 @@ def test_synthesize_tiny_corpus(tmp_path):
     voices, unseen = ["flite-slt", "espeak-en-us-m3"], ["flite-kal16"]
     skip_if_missing(voices + unseen)
     sentences = load_sentences(TSV, max_words=10)[:6]
-    kw = dict(voices=voices, unseen_voices=unseen, n_train=3, n_dev=1, n_test=1, n_test_unseen=1,
-              seed=11, progress=False)
+    kw = {"voices": voices, "unseen_voices": unseen, "n_train": 3, "n_dev": 1, "n_test": 1, "n_test_unseen": 1,
+          "seed": 11, "progress": False}
     manifests = synthesize_corpus(sentences, tmp_path / "a", **kw)
     assert sorted(manifests) == ["dev", "test", "test_unseen", "train"]
 

@@ -37,7 +37,11 @@ def build_model(cfg: RunConfig, *, device: torch.device | str = "cpu") -> Speech
     llm, tokenizer = load_llm(cfg.llm.name)
     d_llm = llm.get_input_embeddings().weight.shape[1]
 
+    # Parameters the checkpoint itself keeps frozen (Whisper's sinusoidal positions) stay frozen.
+    fixed = [p for p in encoder.parameters() if not p.requires_grad]
     encoder.requires_grad_(cfg.encoder.trainable)
+    for p in fixed:
+        p.requires_grad_(False)
     llm.requires_grad_(False)
     if cfg.llm.lora.enabled:
         from peft import LoraConfig, inject_adapter_in_model

@@ -127,6 +127,8 @@ class WindowQFormerProjector(Projector):
 
         hidden = min(cfg.hidden, 768)  # BLIP-2 width; heads must divide it
         heads = max(1, hidden // 64)
+        while hidden % heads:  # e.g. hidden=200: 3 heads do not divide it, 2 do
+            heads -= 1
         qcfg = Blip2QFormerConfig(
             hidden_size=hidden,
             num_hidden_layers=cfg.qformer_layers,

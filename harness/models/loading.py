@@ -157,10 +157,12 @@ def _tiny_whisper() -> tuple[nn.Module, Any]:
     from transformers import WhisperConfig, WhisperFeatureExtractor
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+    # init_std 0.2 (HF default 0.02): at 0.02 the convolutions' output is ~1% of the sinusoidal
+    # positions, so every utterance encodes to nearly the same frames and nothing can be learned.
     cfg = WhisperConfig(
         d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, num_mel_bins=80,
         max_source_positions=1500, vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-        decoder_start_token_id=1,
+        decoder_start_token_id=1, init_std=0.2,
     )
     return _seeded(lambda: WhisperEncoder(cfg)).eval(), WhisperFeatureExtractor(feature_size=80)
 
@@ -221,10 +223,13 @@ def _tiny_llama() -> tuple[nn.Module, Any]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = tiny_tokenizer()
+    # initializer_range 0.2 (HF default 0.02): at 0.02 a 64-wide model's logits stay within about
+    # +-1.3 (loss >= ~2.1 whatever the input) and each position's output is its own token's
+    # embedding, so a frozen tiny LLM could not be steered by the projector at all.
     cfg = LlamaConfig(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=True, initializer_range=0.2,
     )
     return _seeded(lambda: LlamaForCausalLM(cfg)).eval(), tok
