@@ -92,7 +92,8 @@ def packs_list() -> None:
         spec = PACKS.get(name)
         click.echo(
             f"{name:<24} {spec.kind:<8} {'yes' if installed(name) else 'no':<10} "
-            f"{'yes' if converted(name) else 'no':<10} {' + '.join(spec.pip_requirements)}"
+            f"{'yes' if converted(name) else 'no':<10} {spec.pip_requirements[0]}"
+            + (f" (+{len(spec.pip_requirements) - 1} parts)" if len(spec.pip_requirements) > 1 else "")
         )
 
 
@@ -200,6 +201,22 @@ def data_librispeech(root: str, out: str, splits: tuple[str, ...], combine: tupl
         utts = [u for p in parts.split(",") for u in (read.get(p) or read_librispeech(root, p))]
         write_manifest(Path(out) / f"{name}.jsonl", utts)
         click.echo(f"{name}: {len(utts)} utterances -> {Path(out) / f'{name}.jsonl'}")
+
+
+@data.command("subset")
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--n", "n", type=int, required=True, help="Keep the first N utterances.")
+@_friendly
+def data_subset(manifest: str, out: str, n: int) -> None:
+    """Write the first N utterances of MANIFEST to OUT (e.g. a small set to overfit)."""
+    from harness.data.manifest import read_manifest, write_manifest
+
+    if n < 1:
+        raise HarnessError(f"--n must be >= 1, got {n}")
+    utts = read_manifest(manifest)[:n]
+    write_manifest(Path(out), utts)
+    click.echo(f"{len(utts)} utterances -> {out}")
 
 
 # ------------------------------------------------------------------------------------- runs

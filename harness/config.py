@@ -61,6 +61,8 @@ class EncoderConfig:
     """Whisper only: ``pad30`` pads log-mel to 30 s as the paper; ``native`` keeps the utterance's length."""
     trainable: bool = False
     """Train the encoder with the projector (the paper freezes it)."""
+    cache: bool = True
+    """Frozen encoder only: compute its frames once per audio file and reuse them from disk (fp16)."""
 
 
 @dataclass(frozen=True)

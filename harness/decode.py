@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -14,6 +14,18 @@ from harness.data.audio import load_audio
 from harness.data.manifest import Utterance
 from harness.metrics import WERResult, word_errors
 from harness.models.speech_llm import SpeechLLM
+
+if TYPE_CHECKING:
+    from harness.features import FeatureCache
+
+
+def speech_frames(
+    model: SpeechLLM, utts: Sequence[Utterance], features: "FeatureCache | None"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder frames ``B, T, D`` and lengths: from the feature cache when there is one."""
+    if features is not None:
+        return features.load(utts, device=model.prefix_ids.device)
+    return model.encode([load_audio(u.audio) for u in utts])
 
 
 def _max_new_tokens(utts: Sequence[Utterance], cfg: DecodeConfig) -> int:
@@ -30,6 +42,7 @@ def transcribe(
     *,
     desc: str = "decode",
     progress: bool = True,
+    features: "FeatureCache | None" = None,
 ) -> list[str]:
     """Greedy or beam-search transcripts, in the order of ``utts``.
 
@@ -46,8 +59,8 @@ def transcribe(
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
             batch = [utts[i] for i in idx]
-            waves = [load_audio(u.audio) for u in batch]
-            out = model.generate(waves, beam=cfg.beam, max_new_tokens=_max_new_tokens(batch, cfg))
+            frames, lengths = speech_frames(model, batch, features)
+            out = model.generate_frames(frames, lengths, beam=cfg.beam, max_new_tokens=_max_new_tokens(batch, cfg))
             for i, h in zip(idx, out):
                 hyps[i] = h
             bar.update(len(idx))
@@ -65,9 +78,15 @@ class SplitResult:
 
 
 def evaluate_split(
-    model: SpeechLLM, name: str, utts: Sequence[Utterance], cfg: DecodeConfig, *, progress: bool = True
+    model: SpeechLLM,
+    name: str,
+    utts: Sequence[Utterance],
+    cfg: DecodeConfig,
+    *,
+    progress: bool = True,
+    features: "FeatureCache | None" = None,
 ) -> SplitResult:
-    hyps = transcribe(model, utts, cfg, desc=f"decode {name}", progress=progress)
+    hyps = transcribe(model, utts, cfg, desc=f"decode {name}", progress=progress, features=features)
     refs = [u.text for u in utts]
     wer, per_utt = word_errors(refs, hyps, normaliser=cfg.normaliser)
     rows = [
@@ -78,7 +97,9 @@ def evaluate_split(
 
 
 @torch.no_grad()
-def teacher_forced(model: SpeechLLM, utts: Sequence[Utterance], *, batch_size: int) -> dict[str, float]:
+def teacher_forced(
+    model: SpeechLLM, utts: Sequence[Utterance], *, batch_size: int, features: "FeatureCache | None" = None
+) -> dict[str, float]:
     """Loss and next-token accuracy over the transcript tokens of ``utts`` (token-weighted)."""
     was_training = model.training
     model.eval()
@@ -86,7 +107,8 @@ def teacher_forced(model: SpeechLLM, utts: Sequence[Utterance], *, batch_size: i
     try:
         for start in range(0, len(utts), batch_size):
             batch = utts[start : start + batch_size]
-            out = model([load_audio(u.audio) for u in batch], [u.text for u in batch])
+            frames, lengths = speech_frames(model, batch, features)
+            out = model.forward_frames(frames, lengths, [u.text for u in batch])
             n = int(out["tokens"])
             loss_sum += float(out["loss"]) * n
             correct += int(out["correct"])

@@ -2,7 +2,9 @@
 
 Two normalisers: ``librispeech`` (uppercase, letters/digits/apostrophes only, collapsed spaces:
 LibriSpeech's own transcript convention) and ``whisper`` (Whisper's English text normaliser from
-transformers, which also unifies spellings and numbers).
+transformers, which also unifies numbers and abbreviations; British/American spellings only when
+transformers ships the spelling table, which 5.x does not: it lives in Whisper checkpoints'
+``normalizer.json``, so "colour" and "color" stay different words).
 """
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ A study file with a ``search:`` section describes what to vary and how to search
       timeout: 3600                         # seconds; no new trial starts after it (optional)
       seed: 0                               # sampler seed (worker i uses seed + i)
       sampler: tpe                          # tpe | random | grid, or {type: tpe, n_startup_trials: 5, ...}
-      pruner: {type: median, n_startup_trials: 2, n_warmup_steps: 50}   # median | successive_halving | hyperband | none
+      pruner: {type: median, n_startup_trials: 2, n_warmup_steps: 50, emergence_margin: 1.5}
+                                            # median | successive_halving | hyperband | none
       params:                               # config key -> distribution
         train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
         adapter.hidden: {type: int, low: 256, high: 2048, step: 256}
@@ -23,6 +24,12 @@ Each trial samples its parameters onto ``base``, is validated into a :class:`~ha
 and trained by :func:`harness.train.run_training` into a child MLflow run of the search's parent run.
 The objective's metric is reported after every evaluation, so the pruner can stop a hopeless trial
 early; a pruned trial keeps its curves and is tagged ``harness.pruned=true``.
+
+Pruning is *emergence-aware*: this recipe's accuracy stays flat for a while and then jumps
+(capability emergence, :mod:`harness.emergence`), so a trial judged on its early plateau would be
+cut just before it takes off. Each complete trial records its ``emergence_step``; no trial is pruned
+before ``emergence_margin`` (default 1.5) times the latest emergence step seen so far. Until some
+trial has emerged the pruner's own settings (``n_warmup_steps``) apply alone.
 
 Storage: one SQLite file for one worker, a journal file for several workers on one machine (SQLite
 is unsafe for concurrent writers), any database URL (PostgreSQL) for many machines. Re-running a
@@ -66,7 +73,16 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.config import ConfigError, RunConfig, SourceMap, _coerce, build_config, config_hash, get_path, read_yaml, set_path
+from harness.config import (
+    ConfigError,
+    RunConfig,
+    SourceMap,
+    _coerce,
+    build_config,
+    config_hash,
+    read_yaml,
+    set_path,
+)
 from harness.runner import TAG_HASH, TAG_KIND, TAG_STUDY, environment_tags, make_client
 from harness.study import Study, _check_references, _deep_copy, run_name
 
@@ -104,6 +120,7 @@ ATTR_ERROR = "error"  # the trial raised: it is finished (FAIL) and counts towar
 ATTR_INTERRUPTED = "interrupted"  # Ctrl-C / SIGTERM: FAIL, not counted, queued again on the next start
 ATTR_RETRY_OF = "retry_of"  # number of the trial this one repeats
 ATTR_RETRIES = "retries"
+ATTR_EMERGENCE = "emergence_step"  # of a complete trial (absent when it did not emerge)
 ATTR_SURPLUS = "surplus"  # started after the total was reached (a race between workers): FAIL, not counted
 # Study user attributes
 ATTR_SEARCH_ID = "harness.search_id"
@@ -131,6 +148,7 @@ class SearchSpec:
     sampler_options: dict[str, Any] = field(default_factory=dict)
     pruner: str = "median"
     pruner_options: dict[str, Any] = field(default_factory=dict)
+    emergence_margin: float | None = 1.5
     enqueue: tuple[dict[str, Any], ...] = ()
 
     def grid(self) -> dict[str, list[Any]]:
@@ -146,7 +164,10 @@ class SearchSpec:
         return cls(seed=seed, **self.sampler_options)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
-        return _PRUNERS[self.pruner]()(**self.pruner_options)
+        pruner = _PRUNERS[self.pruner]()(**self.pruner_options)
+        if self.pruner == "none" or self.emergence_margin is None:
+            return pruner
+        return EmergenceAwarePruner(pruner, margin=self.emergence_margin)
 
     def describe(self) -> dict[str, str]:
         """Flat ``search.*`` tags for the parent MLflow run."""
@@ -156,7 +177,9 @@ class SearchSpec:
             "search.timeout": str(self.timeout),
             "search.seed": str(self.seed),
             "search.sampler": json.dumps({"type": self.sampler, **self.sampler_options}),
-            "search.pruner": json.dumps({"type": self.pruner, **self.pruner_options}),
+            "search.pruner": json.dumps(
+                {"type": self.pruner, **self.pruner_options, "emergence_margin": self.emergence_margin}
+            ),
             "search.params": json.dumps({k: _describe(d) for k, d in self.params.items()}),
         }
 
@@ -169,7 +192,7 @@ def _finite_values(key: str, dist: BaseDistribution) -> list[Any]:
     assert isinstance(dist, FloatDistribution)
     if dist.step is None:
         raise ValueError(f"{key} is a continuous float range")
-    n = int(round((dist.high - dist.low) / dist.step))
+    n = round((dist.high - dist.low) / dist.step)
     return [dist.low + i * dist.step for i in range(n + 1)]
 
 
@@ -251,11 +274,22 @@ def load_search(study: Study) -> SearchSpec:
 
     params = _load_params(raw.get("params"), study, where)
     sampler, sampler_options = _load_choice(raw.get("sampler", "tpe"), "sampler", _SAMPLERS, where, skip=("seed", "search_space"))
-    pruner, pruner_options = _load_choice(raw.get("pruner", "median"), "pruner", _PRUNERS, where, skip=())
+    pruner_raw = raw.get("pruner", "median")
+    margin = 1.5
+    if isinstance(pruner_raw, dict) and "emergence_margin" in pruner_raw:
+        pruner_raw = dict(pruner_raw)
+        margin = pruner_raw.pop("emergence_margin")
+        if margin is not None and (not _number(margin) or margin < 1):
+            raise ConfigError(
+                f"{where('search.pruner.emergence_margin')}search.pruner.emergence_margin: expected a number >= 1 "
+                f"(prune no earlier than this many times the latest emergence step) or null (off), got {margin!r}"
+            )
+    pruner, pruner_options = _load_choice(pruner_raw, "pruner", _PRUNERS, where, skip=())
     spec = SearchSpec(
         params=params, metric=metric, direction=direction, n_trials=n_trials,
         timeout=float(timeout) if timeout is not None else None, seed=seed,
         sampler=sampler, sampler_options=sampler_options, pruner=pruner, pruner_options=pruner_options,
+        emergence_margin=None if margin is None else float(margin),
     )
     if sampler == "grid":
         for key, dist in params.items():
@@ -336,7 +370,10 @@ def _load_params(raw: Any, study: Study, where: SourceMap) -> dict[str, BaseDist
             samples = [(dist.low, f"{at}.low"), (dist.high, f"{at}.high")]
         # A searched key must be a RunConfig field taking these values: build a config with each.
         for value, line_key in samples:
-            _config_with(study, {key: value}, _param_where(where, {key: line_key}))
+            try:
+                _config_with(study, {key: value}, _param_where(where, {key: line_key}))
+            except ConfigError as e:
+                raise ConfigError(f"{e} (checking {line_key} = {value!r})") from None
         params[str(key)] = dist
     return params
 
@@ -353,11 +390,12 @@ def _load_choice(
     cls = registry[name]()
     signature = inspect.signature(cls)
     valid = tuple(p for p in signature.parameters if p not in skip)
-    _unknown(options, ("type", *valid), at, where)
+    extra = ("emergence_margin",) if what == "pruner" and name != "none" else ()
+    _unknown(options, ("type", *valid, *extra), at, where)
     for key, value in options.items():
         annotation = signature.parameters[key].annotation
         try:  # annotations are strings (postponed); those that name plain types can be checked
-            tp = eval(annotation, {"__builtins__": builtins}) if isinstance(annotation, str) else annotation  # noqa: S307
+            tp = eval(annotation, {"__builtins__": builtins}) if isinstance(annotation, str) else annotation
         except Exception:  # noqa: BLE001 - e.g. Callable[...]: a Python object, not a YAML value
             raise ConfigError(f"{where(f'{at}.{key}')}{at}.{key}: takes a Python object and cannot be set in a study file") from None
         line = where(f"{at}.{key}")
@@ -414,6 +452,39 @@ def _config_with(study: Study, values: Mapping[str, Any], where: SourceMap) -> R
     cfg = build_config(data, where=where)
     _check_references(cfg, where)
     return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Emergence-aware pruning
+
+
+class EmergenceAwarePruner(optuna.pruners.BasePruner):
+    """Wraps a pruner so that no trial is pruned before ``margin`` times the latest emergence step
+    of the complete trials (their ``emergence_step`` user attribute); until one has emerged, the
+    wrapped pruner decides alone.
+
+    Example::
+
+        >>> pruner = EmergenceAwarePruner(optuna.pruners.MedianPruner(n_startup_trials=2), margin=1.5)
+        >>> study = optuna.create_study(pruner=pruner)
+    """
+
+    def __init__(self, pruner: optuna.pruners.BasePruner, *, margin: float = 1.5) -> None:
+        if margin < 1:
+            raise ValueError(f"margin must be >= 1, got {margin}")
+        self.pruner, self.margin = pruner, margin
+
+    def protected_until(self, study: optuna.Study) -> float:
+        """The step before which no trial is pruned (0 when no complete trial has emerged)."""
+        steps = [t.user_attrs[ATTR_EMERGENCE] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if ATTR_EMERGENCE in t.user_attrs]
+        return self.margin * max(steps) if steps else 0.0
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or step < self.protected_until(study):
+            return False
+        return self.pruner.prune(study, trial)
 
 
 # --------------------------------------------------------------------------------------------
@@ -476,7 +547,7 @@ class _Heartbeat:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
 
@@ -487,7 +558,7 @@ def _mlflow(fn: Callable, *args: Any, **kwargs: Any) -> Any:
     for attempt in range(6):
         try:
             return fn(*args, **kwargs)
-        except Exception:  # noqa: BLE001 - the last attempt re-raises
+        except Exception:
             if attempt == 5:
                 raise
             time.sleep(delay)
@@ -567,7 +638,8 @@ def make_objective(
             tags.update({TAG_HASH: config_hash(cfg), "harness.device": str(resolve_device(cfg.train.device))})
         if ATTR_RETRY_OF in attrs:
             tags["optuna.retry_of"] = str(attrs[ATTR_RETRY_OF])
-        name = f"trial-{trial.number}|{run_name(values)}"
+        shown = {k: float(f"{v:.3g}") if isinstance(v, float) else v for k, v in values.items()}  # short run names
+        name = f"trial-{trial.number}|{run_name(shown)}"
         run_id = _mlflow(client.create_run, experiment_id, run_name=name, tags=tags).info.run_id
         trial.set_user_attr(ATTR_RUN_ID, run_id)
         return run_id
@@ -617,7 +689,7 @@ def make_objective(
                 trial.set_user_attr(ATTR_INTERRUPTED, True)
             _mlflow(client.set_terminated, run_id, "KILLED")
             raise
-        except Exception as e:  # noqa: BLE001 - isolate the failure to this trial
+        except Exception as e:
             _fail(trial, run_id, e, traceback.format_exc())
             raise
         value = float(result.metrics[metric])
@@ -628,6 +700,8 @@ def make_objective(
             error = ValueError(f"final {metric} is {value}")
             _fail(trial, run_id, error, str(error))
             raise error
+        if "emergence_step" in result.metrics:  # read by EmergenceAwarePruner
+            trial.set_user_attr(ATTR_EMERGENCE, int(result.metrics["emergence_step"]))
         _mlflow(client.set_tag, run_id, "optuna.state", "COMPLETE")
         _mlflow(client.set_tag, run_id, "optuna.value", str(value))
         _mlflow(client.set_terminated, run_id, "FINISHED")
@@ -994,7 +1068,7 @@ def _worker_main(job: _WorkerJob) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(levelname)s worker{job.worker} %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    def stop(signum: int, frame: Any) -> None:  # noqa: ARG001 - SIGTERM stops like Ctrl-C: checkpoint first
+    def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, stop)

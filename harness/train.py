@@ -27,11 +27,11 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from harness.config import RunConfig, config_hash, flatten, to_yaml
-from harness.data.audio import load_audio
 from harness.data.batching import batches_by_count, batches_by_duration
 from harness.data.manifest import Utterance, read_manifest
 from harness.emergence import find_emergence, plot_curve
-from harness.decode import evaluate_split, teacher_forced, transcribe
+from harness.decode import evaluate_split, speech_frames, teacher_forced, transcribe
+from harness.features import FeatureCache
 from harness.metrics import word_errors
 from harness.models import SpeechLLM, build_model
 from harness.tracking import LocalTracker, Tracker
@@ -111,6 +111,7 @@ class Trainer:
         self.device = resolve_device(self.cfg.train.device)
         self.data = self._setup_data()
         self.model = self._setup_model()
+        self.features = self._setup_features()
         self.optimizer = self._setup_optimizer()
         self.scheduler = self._setup_scheduler()
         self.state = self._load_checkpoint() or TrainState()
@@ -152,6 +153,18 @@ class Trainer:
 
     def _setup_model(self) -> SpeechLLM:
         return build_model(self.cfg, device=self.device)
+
+    def _setup_features(self) -> FeatureCache | None:
+        """The frozen encoder's frames for every split, computed once (shared by all runs)."""
+        if self.cfg.encoder.trainable or not self.cfg.encoder.cache:
+            return None
+        from harness.packs import cache_dir
+
+        cache = FeatureCache(self.model.encoder, reference=self.cfg.encoder.name,
+                             input_mode=self.cfg.encoder.input_mode, root=cache_dir())
+        utts = [*self.data.train, *self.data.dev[: self.cfg.train.eval_utterances], *(u for v in self.data.tests.values() for u in v)]
+        cache.fill(utts, progress=self.progress)
+        return cache
 
     def _setup_optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -230,7 +243,8 @@ class Trainer:
         total_tokens = sum(len(self.model.prompt.target_ids(u.text)) for b in batches for u in b)
         loss_sum, correct, audio = 0.0, 0, 0.0
         for batch in batches:
-            out = self.model([load_audio(u.audio) for u in batch], [u.text for u in batch])
+            frames, lengths = speech_frames(self.model, batch, self.features)
+            out = self.model.forward_frames(frames, lengths, [u.text for u in batch])
             # Token-weighted over the whole accumulated step, as one big batch would be.
             (out["loss"] * (int(out["tokens"]) / total_tokens)).backward()
             loss_sum += float(out["loss"].detach()) * int(out["tokens"])
@@ -259,8 +273,8 @@ class Trainer:
     def _evaluate(self) -> dict[str, float]:
         t = self.cfg.train
         dev = self.data.dev[: t.eval_utterances]
-        tf = teacher_forced(self.model, dev, batch_size=max(t.batch_size, 1))
-        hyps = transcribe(self.model, dev, self.cfg.decode, desc="dev", progress=self.progress)
+        tf = teacher_forced(self.model, dev, batch_size=max(t.batch_size, 1), features=self.features)
+        hyps = transcribe(self.model, dev, self.cfg.decode, desc="dev", progress=self.progress, features=self.features)
         wer, _ = word_errors([u.text for u in dev], hyps, normaliser=self.cfg.decode.normaliser)
         metrics = {"dev/loss": tf["loss"], "dev/acc": tf["acc"], "dev/wer": wer.wer}
         self.tracker.log_metrics(metrics, step=self.state.step)
@@ -279,7 +293,7 @@ class Trainer:
     def finish(self) -> RunResult:
         final = dict(self._evaluate())
         for name, utts in self.data.tests.items():
-            res = evaluate_split(self.model, name, utts, self.cfg.decode, progress=self.progress)
+            res = evaluate_split(self.model, name, utts, self.cfg.decode, progress=self.progress, features=self.features)
             final.update(res.wer.as_metrics(f"test/{name}"))
             self._write_rows(name, res.rows)
             self.tracker.log_table(res.rows, f"transcripts/{name}.json")

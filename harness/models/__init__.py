@@ -47,6 +47,7 @@ def build_model(cfg: RunConfig, *, device: torch.device | str = "cpu") -> Speech
         from peft import LoraConfig, inject_adapter_in_model
 
         lora = cfg.llm.lora
+        torch.manual_seed(cfg.train.seed)  # LoRA's A matrices are random: seed them as the projector
         # Injected in place: the LLM stays a plain CausalLM, only lora_A/lora_B weights train.
         llm = inject_adapter_in_model(
             LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules)),

@@ -150,6 +150,8 @@ class WindowQFormerProjector(Projector):
         k, q = self.cfg.k, self.cfg.qformer_queries
         windows, n_win = self.down(x, lengths)  # B, W, k*D
         W = windows.shape[1]
+        if W == 0:  # every utterance shorter than one window (tail="drop"): no tokens at all
+            return x.new_zeros(B, 0, self.d_llm), n_win * q
         windows = windows.reshape(B * W, k, D)  # B*W, k, D
         # Frames of a padded tail window that lie past the utterance are masked out of cross-attention.
         frame_idx = torch.arange(W * k, device=x.device).reshape(1, W, k)

@@ -1,0 +1,126 @@
+"""Decoding: a batch decodes exactly as one-by-one (greedy and beam), token limits, split evaluation."""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from conftest import audio, tiny_config
+from harness.config import DecodeConfig
+from harness.data.manifest import Utterance
+from harness.decode import _max_new_tokens, evaluate_split, teacher_forced, transcribe
+from harness.metrics import word_errors
+from harness.models import build_model
+
+MAX_NEW = 40
+
+
+@pytest.fixture(scope="module")
+def utts(utts_by_duration) -> list[Utterance]:
+    """Five real utterances of different lengths (2.1 s to 4.9 s), not in duration order."""
+    return [utts_by_duration[i] for i in (6, 0, 3, 1, 8)]
+
+
+@pytest.fixture(scope="module")
+def trained(utts):
+    """A tiny model whose projector trained 30 steps on the utterances: its transcripts are
+    utterance-dependent text, not an empty string or one repeated token."""
+    model = build_model(tiny_config())
+    waves, texts = [audio(u) for u in utts], [u.text for u in utts]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    with torch.no_grad():
+        frames, lengths = model.encode(waves)
+    for _ in range(30):
+        opt.zero_grad()
+        model.forward_frames(frames, lengths, texts)["loss"].backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def greedy_alone(trained, utts) -> list[str]:
+    return [trained.generate([audio(u)], max_new_tokens=MAX_NEW)[0] for u in utts]
+
+
+def test_transcripts_are_not_trivial(greedy_alone) -> None:
+    assert len(set(greedy_alone)) == len(greedy_alone)  # one per utterance
+    assert all(len(h) >= 10 for h in greedy_alone)
+
+
+def test_batched_greedy_equals_one_by_one(trained, utts, greedy_alone) -> None:
+    batch = trained.generate([audio(u) for u in utts], max_new_tokens=MAX_NEW)
+    assert batch == greedy_alone
+
+
+@pytest.mark.parametrize("beam", [2, 3])
+def test_batched_beam_search_equals_one_by_one(trained, utts, beam: int) -> None:
+    alone = [trained.generate([audio(u)], beam=beam, max_new_tokens=MAX_NEW)[0] for u in utts]
+    batch = trained.generate([audio(u) for u in utts], beam=beam, max_new_tokens=MAX_NEW)
+    assert batch == alone
+    assert len(set(alone)) > 1 and all(alone)
+
+
+def test_transcribe_order_and_batch_size_do_not_matter(trained, utts, greedy_alone) -> None:
+    """``transcribe`` sorts by duration into batches and puts the results back in order."""
+    cfg = DecodeConfig(max_new_tokens=MAX_NEW, tokens_per_second=None, batch_size=2)
+    assert transcribe(trained, utts, cfg, progress=False) == greedy_alone
+    assert transcribe(trained, utts, replace(cfg, batch_size=16), progress=False) == greedy_alone
+    assert transcribe(trained, utts[::-1], replace(cfg, batch_size=3), progress=False) == greedy_alone[::-1]
+
+
+def test_max_new_tokens_is_respected(trained, utts, greedy_alone) -> None:
+    waves = [audio(u) for u in utts]
+    short = trained.generate(waves, max_new_tokens=5)
+    for s, full in zip(short, greedy_alone):
+        assert len(s) <= 5  # one character per token in the tiny tokenizer
+        assert full.startswith(s)  # greedy: the first 5 tokens of the longer decoding
+    assert any(len(full) > 5 for full in greedy_alone)  # so the limit did cut
+    for beam in (1, 2):
+        for out in trained.generate(waves, beam=beam, max_new_tokens=3):
+            assert len(out) <= 3
+
+
+def test_token_cap_from_duration(trained, utts) -> None:
+    cfg = DecodeConfig(max_new_tokens=200, tokens_per_second=2.0)
+    longest = max(u.duration for u in utts)
+    assert _max_new_tokens(utts, cfg) == math.ceil(longest * 2.0) + 16
+    assert _max_new_tokens(utts, replace(cfg, max_new_tokens=10)) == 10
+    assert _max_new_tokens(utts, replace(cfg, tokens_per_second=None)) == 200
+    # The cap applies in transcribe: the batch of the longest utterance gets ceil(4.9 * 2) + 16 = 26 tokens.
+    hyps = transcribe(trained, utts, replace(cfg, batch_size=16), progress=False)
+    assert max(len(h) for h in hyps) <= math.ceil(longest * 2.0) + 16
+
+
+def test_evaluate_split_rows_and_wer(trained, utts, greedy_alone) -> None:
+    cfg = DecodeConfig(max_new_tokens=MAX_NEW, tokens_per_second=None, batch_size=4)
+    res = evaluate_split(trained, "mini", utts, cfg, progress=False)
+    assert res.name == "mini" and len(res.rows) == len(utts)
+    wer, per_utt = word_errors([u.text for u in utts], greedy_alone)
+    assert res.wer == wer
+    for row, u, h, s in zip(res.rows, utts, greedy_alone, per_utt):
+        assert row == {"id": u.id, "reference": u.text, "hypothesis": h, "errors": s.errors, "ref_words": s.ref_words}
+    assert sum(r["ref_words"] for r in res.rows) == wer.ref_words
+
+
+def test_teacher_forced_is_token_weighted_and_batch_independent(trained, utts) -> None:
+    a = teacher_forced(trained, utts, batch_size=1)
+    b = teacher_forced(trained, utts, batch_size=4)
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["acc"] == pytest.approx(b["acc"])
+    with torch.no_grad():
+        out = trained([audio(u) for u in utts], [u.text for u in utts])
+    assert a["loss"] == pytest.approx(float(out["loss"]), rel=1e-5)
+    assert a["acc"] == pytest.approx(int(out["correct"]) / int(out["tokens"]))
+
+
+def test_decoding_leaves_the_training_mode_as_it_was(trained, utts) -> None:
+    cfg = DecodeConfig(max_new_tokens=3, tokens_per_second=None)
+    trained.train()
+    try:
+        transcribe(trained, utts[:2], cfg, progress=False)
+        teacher_forced(trained, utts[:2], batch_size=2)
+        assert trained.training and trained.projector.training
+    finally:
+        trained.eval()
