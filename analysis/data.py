@@ -106,7 +106,8 @@ def load_runs(
     client = make_client(tracking_uri)
     exp_id = _experiment_id(client, study)
     if exp_id is None:
-        log.warning("no MLflow experiment %r at %s: the study has not run yet", study.experiment, tracking_uri_of(tracking_uri))
+        log.warning("no MLflow experiment %r at %s: the study has not run yet",
+                    study.experiment, tracking_uri_of(tracking_uri))
         return _empty_runs(study)
     by_hash = find_cell_runs(client, exp_id, study.name)  # latest run per cell, as the runner sees them
     order = {c.hash: i for i, c in enumerate(study.cells)}
@@ -236,7 +237,8 @@ def load_transcripts(run_id: str, split: str, *, tracking_uri: str | None = None
     before = len(df)
     df = df.drop_duplicates("id", keep="last").reset_index(drop=True)
     if len(df) < before:
-        log.warning("run %s: %s held %d repeated utterances (kept the last of each)", run_id, artifact, before - len(df))
+        log.warning("run %s: %s held %d repeated utterances (kept the last of each)",
+                    run_id, artifact, before - len(df))
     df["errors"] = df["errors"].astype(int)
     df["ref_words"] = df["ref_words"].astype(int)
     return df

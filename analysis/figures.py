@@ -150,7 +150,8 @@ def emergence_figure(
     if by not in runs.columns:
         return _skip(name, title, f"the runs have no {by!r} column")
     if have[by].map(_hashable).nunique() < 2:
-        return _skip(name, title, f"the study does not vary {by} across runs with training curves (needs 2 values or more)")
+        return _skip(name, title,
+                     f"the study does not vary {by} across runs with training curves (needs 2 values or more)")
     others = _varying(have, [a for a in _axes_of(runs) if a != by])
     panels = list(dict.fromkeys(tuple(_hashable(v) for v in vals) for vals in have[others].itertuples(index=False))) \
         if others else [()]
@@ -199,7 +200,8 @@ def frozen_vs_trainable_figure(runs: pd.DataFrame, histories: pd.DataFrame, *, o
     key = "encoder.trainable"
     have = runs[runs["run_id"].isin(set(histories["run_id"]))] if len(histories) else runs.iloc[0:0]
     if key not in runs.columns or set(have[key].dropna().map(bool)) != {True, False}:
-        return _skip(name, title, "the study has no run with a frozen and one with a trainable encoder (encoder.trainable)")
+        return _skip(name, title,
+                     "the study has no run with a frozen and one with a trainable encoder (encoder.trainable)")
     others = _varying(have, [a for a in _axes_of(runs) if a != key])
     combos = list(dict.fromkeys(_combo_label(r, others) for r in have.to_dict("records")))
     with rc_context(STYLE):
@@ -208,7 +210,8 @@ def frozen_vs_trainable_figure(runs: pd.DataFrame, histories: pd.DataFrame, *, o
             color = COLORS[1] if row[key] else COLORS[0]
             ls = LINESTYLES[combos.index(_combo_label(row, others)) % len(LINESTYLES)]
             for ax, metric in ((ax_acc, "train/acc"), (ax_loss, "train/loss")):
-                h = histories[(histories["run_id"] == row["run_id"]) & (histories["metric"] == metric)].sort_values("step")
+                h = histories[(histories["run_id"] == row["run_id"]) & (histories["metric"] == metric)]
+                h = h.sort_values("step")
                 if h.empty:
                     continue
                 vals = h["value"].to_numpy(float)
@@ -216,14 +219,17 @@ def frozen_vs_trainable_figure(runs: pd.DataFrame, histories: pd.DataFrame, *, o
                 ax.plot(h["step"], smooth(vals, _window(len(vals))), color=color, ls=ls)
         ax_acc.set(xlabel="step", ylabel="train accuracy (teacher-forced)", ylim=(0, 1), title="accuracy")
         ax_loss.set(xlabel="step", ylabel="train loss", title="loss")
-        handles = [Line2D([], [], color=COLORS[0], label="frozen encoder"), Line2D([], [], color=COLORS[1], label="trainable encoder")]
+        handles = [Line2D([], [], color=COLORS[0], label="frozen encoder"),
+                   Line2D([], [], color=COLORS[1], label="trainable encoder")]
         if len(combos) > 1:
-            handles += [Line2D([], [], color="0.4", ls=LINESTYLES[i % len(LINESTYLES)], label=c) for i, c in enumerate(combos)]
+            handles += [Line2D([], [], color="0.4", ls=LINESTYLES[i % len(LINESTYLES)], label=c)
+                        for i, c in enumerate(combos)]
         ax_loss.legend(handles=handles, loc="upper right")
         fig.suptitle(title)
         paths = _save(fig, out_dir, name)
     caption = ("Training accuracy (left) and loss (right) vs step, smoothed (raw faint): blue = frozen encoder, "
-               "red = encoder trained with the projector" + ("; line styles: the other varying axes." if len(combos) > 1 else "."))
+               "red = encoder trained with the projector"
+               + ("; line styles: the other varying axes." if len(combos) > 1 else "."))
     return FigureResult(name, title, caption, paths)
 
 
@@ -263,7 +269,8 @@ def wer_figure(runs: pd.DataFrame, *, out_dir: str | Path) -> FigureResult:
         ax.legend(loc="best")
         paths = _save(fig, out_dir, name)
     ci = any(f"ci/{s}/lo" in fin.columns for s in splits)
-    caption = ("WER (%) of each finished run on each test split" + (" with 95% bootstrap intervals over utterances" if ci else "")
+    caption = ("WER (%) of each finished run on each test split"
+               + (" with 95% bootstrap intervals over utterances" if ci else "")
                + "; open diamonds: the paper's number for the same encoder, LLM and recipe, where published.")
     return FigureResult(name, title, caption, paths)
 
@@ -291,7 +298,8 @@ def _wer_lines(
                             fmt="-o" if connect else "o", color=COLORS[i % len(COLORS)], capsize=3, ms=4, label=label)
                 if not connect and len(g) <= 12:
                     for xv, yv, rn in zip(g[x], g[f"test/{s}/wer"] * 100, g["run_name"]):
-                        ax.annotate(str(rn), (xv, yv), fontsize=6.5, xytext=(3, 3), textcoords="offset points", color="0.3")
+                        ax.annotate(str(rn), (xv, yv), fontsize=6.5, xytext=(3, 3), textcoords="offset points",
+                                    color="0.3")
             if log_x:
                 ax.set_xscale("log")
             elif x == "adapter.k":
@@ -303,7 +311,8 @@ def _wer_lines(
         paths = _save(fig, out_dir, name)
     ci = any(f"ci/{s}/lo" in fin.columns for s in splits)
     caption = (f"WER (%) vs {xlabel} for each test split" + (" (95% bootstrap error bars)" if ci else "")
-               + (f"; one line per {', '.join(others)}" if others else "") + ("; points labelled by run" if not connect else "")
+               + (f"; one line per {', '.join(others)}" if others else "")
+               + ("; points labelled by run" if not connect else "")
                + ".")
     return FigureResult(name, title, caption, paths)
 

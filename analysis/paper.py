@@ -230,7 +230,8 @@ class SystemRow:
 
 
 TABLE8: tuple[SystemRow, ...] = (
-    SystemRow("SALMONN", "Whisper + BEATs", "Vicuna-13B (LoRA)", "window Q-Former", "1,960 h", _w("2.1 / 4.9", "Table 8")),
+    SystemRow("SALMONN", "Whisper + BEATs", "Vicuna-13B (LoRA)", "window Q-Former", "1,960 h",
+              _w("2.1 / 4.9", "Table 8")),
     SystemRow("Qwen-Audio", "Whisper-large", "Qwen-7B", "MLP", "30,000+ h", _w("2.0 / 4.2", "Table 8")),
     SystemRow("SLAM-ASR", "HuBERT X-Large", "Vicuna-7B", "MLP", "960 h", _w("1.8 / 3.4", "Table 8")),
 )

@@ -33,7 +33,8 @@ log = logging.getLogger("analysis.report")
 CSS = """
 body { font: 14px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #222; max-width: 1180px;
        margin: 2em auto; padding: 0 1em; }
-h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+h1 { font-size: 1.6em; margin-bottom: .2em; }
+h2 { font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
 .meta { color: #666; } .warn { color: #a33; }
 table.results { border-collapse: collapse; margin: 1em 0 .4em; font-size: 12.5px; }
 table.results caption { caption-side: top; text-align: left; padding-bottom: .3em; }

@@ -177,7 +177,8 @@ def _hashable(v: Any) -> Any:
 def test_splits(runs: pd.DataFrame) -> list[str]:
     """Test split names with a logged WER, the paper's two first (``test-clean``, ``test-other``)."""
     names = [m.group(1) for c in runs.columns if (m := _TEST_WER.match(str(c)))]
-    return sorted(dict.fromkeys(names), key=lambda s: (paper.SPLITS.index(s) if s in paper.SPLITS else len(paper.SPLITS), s))
+    rank = {s: i for i, s in enumerate(paper.SPLITS)}
+    return sorted(dict.fromkeys(names), key=lambda s: (rank.get(s, len(rank)), s))
 
 
 def add_intervals(
@@ -216,7 +217,8 @@ def add_intervals(
                 continue
             ci = bootstrap_wer(t["errors"], t["ref_words"], n_resamples=n_resamples, level=level, seed=seed)
             if not math.isclose(ci.wer, wer, rel_tol=1e-6, abs_tol=1e-9):
-                log.warning("run %s %s: transcripts give WER %.4f but the logged metric is %.4f", run_id, split, ci.wer, wer)
+                log.warning("run %s %s: transcripts give WER %.4f but the logged metric is %.4f",
+                            run_id, split, ci.wer, wer)
             lo[i], hi[i] = ci.lo, ci.hi
         out[f"ci/{split}/lo"], out[f"ci/{split}/hi"] = lo, hi
     out.attrs.update(runs.attrs, ci_level=level)
@@ -327,17 +329,20 @@ def check_parameters(runs: pd.DataFrame) -> pd.DataFrame:
                 out["projector_formula"] = formula
                 extra = int(trainable) - formula
                 if int(measured_proj) != formula:
-                    out.update(params_ok=False, params_check=f"MISMATCH: projector {int(measured_proj):,} ≠ formula {formula:,}")
+                    out.update(params_ok=False,
+                               params_check=f"MISMATCH: projector {int(measured_proj):,} ≠ formula {formula:,}")
                 elif r.get("encoder.trainable") is True and extra > 0:
                     out.update(params_ok=True, params_check=f"ok (+{fmt_count(extra)} encoder)")
                 elif r.get("llm.lora.enabled") is True and extra > 0:
                     out.update(params_ok=True, params_check=f"ok (+{fmt_count(extra)} LoRA)")
                 elif extra != 0:
-                    out.update(params_ok=False, params_check=f"MISMATCH: trainable {int(trainable):,} ≠ formula {formula:,}")
+                    out.update(params_ok=False,
+                               params_check=f"MISMATCH: trainable {int(trainable):,} ≠ formula {formula:,}")
                 else:
                     out.update(params_ok=True, params_check="ok")
         rows.append(out)
-    return pd.DataFrame(rows, index=runs.index, columns=["d_enc", "d_llm", "projector_formula", "params_ok", "params_check"])
+    columns = ["d_enc", "d_llm", "projector_formula", "params_ok", "params_check"]
+    return pd.DataFrame(rows, index=runs.index, columns=columns)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -461,7 +466,8 @@ def pivot(
                 drow[f"{label} (paper)"] = (_paper_cell(run, splits) or DASH) if run else DASH
             if run is not None:
                 numbers = _wer_numbers(run, splits) if value == "wer" else {value: run.get(value)}
-                data_rows.append({rows: first[r], **({cols: firstc[c]} if cols else {}), "run_name": run.get("run_name"),
+                data_rows.append({rows: first[r], **({cols: firstc[c]} if cols else {}),
+                                  "run_name": run.get("run_name"),
                                   "run_id": run.get("run_id"), "status": run.get("status"), **numbers})
         display_rows.append(drow)
     display = pd.DataFrame(display_rows, index=pd.Index([axis_label(rows, first[r]) for r in row_vals], name=rows))
@@ -484,7 +490,8 @@ def table2(runs: pd.DataFrame) -> Table:
 
     Example::
 
-        >>> print(table2(add_intervals(load_runs("studies/paper_table2_encoder_x_llm.yaml"))).to_markdown())  # doctest: +SKIP
+        >>> runs = add_intervals(load_runs("studies/paper_table2_encoder_x_llm.yaml"))  # doctest: +SKIP
+        >>> print(table2(runs).to_markdown())  # doctest: +SKIP
     """
     return pivot(runs, "encoder.name", "llm.name", value="wer", name="table2",
                  title="Table 2 — speech encoder × LLM: WER (%)")
@@ -582,10 +589,12 @@ def runs_table(runs: pd.DataFrame) -> Table:
         d["emergence step"] = fmt_value(r.get("emergence_step")) if r.get("emerged") == 1 else (
             "none" if r.get("emerged") == 0 else DASH)
         d["steps"] = fmt_value(r.get("train/steps"))
-        d["train time (s)"] = DASH if _missing(r.get("train/wall_seconds")) else f"{r['train/wall_seconds']:.0f}"
+        secs = r.get("train/wall_seconds")
+        d["train time (s)"] = DASH if _missing(secs) else f"{secs:.1f}" if secs < 10 else f"{secs:,.0f}"
         display_rows.append(d)
         data_rows.append({
-            "run_name": r["run_name"], "run_id": r["run_id"], "cell_hash": r.get("cell_hash"), "status": r.get("status"),
+            "run_name": r["run_name"], "run_id": r["run_id"], "cell_hash": r.get("cell_hash"),
+            "status": r.get("status"),
             **{a: r.get(a) for a in runs.attrs.get("axes", []) if a in r},
             **_wer_numbers(r, splits), "params/trainable": r.get("params/trainable"),
             "projector_formula": chk["projector_formula"], "params_ok": chk["params_ok"],
@@ -595,7 +604,8 @@ def runs_table(runs: pd.DataFrame) -> Table:
     display = pd.DataFrame(display_rows, index=pd.Index(list(runs["run_name"]), name="run"))
     if "paper WER" in display.columns and (display["paper WER"] == "").all():
         display = display.drop(columns="paper WER")
-    caption = f"every run of the study; WER (%) {_ci_note(runs)}; emergence step as logged (harness.emergence)".replace("  ", " ")
+    caption = f"every run of the study; WER (%) {_ci_note(runs)}".strip()
+    caption += "; emergence step as logged (harness.emergence)"
     return Table("runs", "All runs", caption, display, pd.DataFrame(data_rows))
 
 

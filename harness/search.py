@@ -680,9 +680,11 @@ def make_objective(
             result = run_training(cfg, out_dir, tracker=tracker, progress=progress, on_evaluate=on_evaluate)
         except optuna.TrialPruned as e:
             _pruned(run_id, str(e), "pruner", max(reported, default=0))
+            _drop_optimizer_state(out_dir)
             raise
         except TrainingDiverged as e:
             _pruned(run_id, str(e), "diverged", e.step)
+            _drop_optimizer_state(out_dir)
             raise optuna.TrialPruned(f"diverged: {e}") from None
         except KeyboardInterrupt:
             if isinstance(trial, optuna.Trial):
@@ -700,6 +702,7 @@ def make_objective(
             error = ValueError(f"final {metric} is {value}")
             _fail(trial, run_id, error, str(error))
             raise error
+        _drop_optimizer_state(out_dir)
         if "emergence_step" in result.metrics:  # read by EmergenceAwarePruner
             trial.set_user_attr(ATTR_EMERGENCE, int(result.metrics["emergence_step"]))
         _mlflow(client.set_tag, run_id, "optuna.state", "COMPLETE")
@@ -724,6 +727,13 @@ def make_objective(
         _mlflow(client.set_terminated, run_id, "FAILED")
 
     return objective
+
+
+def _drop_optimizer_state(out_dir: Path) -> None:
+    """A finished trial is never resumed: drop its checkpoint's optimizer state (two thirds of it;
+    many trials add up) and keep the weights, which ``harness eval`` can still load."""
+    with contextlib.suppress(OSError):
+        (out_dir / "checkpoint" / "state.pt").unlink()
 
 
 class _Surplus(RuntimeError):
@@ -1003,7 +1013,12 @@ def run_search(
         status = "FAILED"
         raise
     finally:
-        _summarise(optuna_study, spec, client, parent, status)
+        try:
+            _summarise(optuna_study, spec, client, parent, status)
+        except Exception:
+            if status == "FINISHED":
+                raise
+            log.exception("could not summarise the search on its parent run")  # keep the first error
     return optuna_study
 
 

