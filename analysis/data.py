@@ -52,7 +52,10 @@ def parse_param(text: str | None) -> Any:
     """An MLflow param string back to the Python value it was logged from (``"5"`` -> 5, ``"False"`` -> False).
 
     MLflow stores ``str(value)``; only the forms :func:`str` produces for the config's scalar types
-    are decoded, everything else stays a string.
+    are decoded, everything else stays a string::
+
+        >>> parse_param("5"), parse_param("0.0001"), parse_param("False"), parse_param("None"), parse_param("linear")
+        (5, 0.0001, False, None, 'linear')
     """
     if text is None or text == "None":
         return None
@@ -126,15 +129,14 @@ def load_runs(
             "state": cell_status(run),
             "in_study": h in cells,
         }
+        cell = cells.get(h)
         for key in wanted:
-            if h in cells and key in cells[h].values:
-                row[key] = cells[h].values[key]  # typed, exactly as the study file resolved it
-            elif key in run_params:
+            if cell is not None:  # same hash, same config: take the typed value from the study file
+                row[key] = cell.values[key] if key in cell.values else _config_value(cell, key)
+            elif key in run_params:  # a stale run: what it logged
                 row[key] = parse_param(run_params[key])
-            elif f"axis.{key}" in tags:
-                row[key] = parse_param(tags[f"axis.{key}"])  # a run that failed before logging params
-            else:
-                row[key] = _config_value(cells.get(h), key)
+            else:  # a stale run that failed before logging params
+                row[key] = parse_param(tags.get(f"axis.{key}"))
         row.update(run.data.metrics)
         row.setdefault("emergence_step", math.nan)
         row["error"] = tags.get("harness.error", "")

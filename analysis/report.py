@@ -165,6 +165,9 @@ def write_report(
         "<h2>Published numbers</h2>",
         "<p>The paper's WER tables as published, for reference (LibriSpeech test-clean / test-other, %).</p>",
         *[tables.paper_table(n).to_html() for n in (2, 4, 5)],
+        "<details><summary>Tables 3, 6, 8 and 9 (perplexity; non-LLM and other LLM-based systems)</summary>",
+        *[tables.paper_table(n).to_html() for n in (3, 6, 8, 9)],
+        "</details>",
         "<h2>Study file</h2>", f"<pre>{html.escape(study.path.read_text())}</pre>",
         "</body></html>",
     ]

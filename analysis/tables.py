@@ -446,6 +446,12 @@ def pivot(
 
     display_rows, data_rows = [], []
     col_labels = [axis_label(cols, firstc[c]) if cols else ("WER (%)" if value == "wer" else value) for c in col_vals]
+    row_labels = [axis_label(rows, first[r]) for r in row_vals]
+    # Two references with one short name (hf:openai/whisper-base, pack:whisper-base) keep their full names.
+    if len(set(col_labels)) < len(col_labels):
+        col_labels = [str(firstc[c]) for c in col_vals]
+    if len(set(row_labels)) < len(row_labels):
+        row_labels = [str(first[r]) for r in row_vals]
     paper_cols = {c for c in col_vals for r in row_vals
                   if with_paper and value == "wer" and (run := cell.get((r, c) if cols else (r,)))
                   and _paper_cell(run, splits)}
@@ -470,7 +476,7 @@ def pivot(
                                   "run_name": run.get("run_name"),
                                   "run_id": run.get("run_id"), "status": run.get("status"), **numbers})
         display_rows.append(drow)
-    display = pd.DataFrame(display_rows, index=pd.Index([axis_label(rows, first[r]) for r in row_vals], name=rows))
+    display = pd.DataFrame(display_rows, index=pd.Index(row_labels, name=rows))
     what = f"WER (%) on {_split_header(splits)} {_ci_note(runs)}".strip() if value == "wer" else value
     caption = f"{what}; rows: {rows}" + (f", columns: {cols}" if cols else "") + (
         "; '(paper)': published WER for the same encoder, LLM and recipe" if paper_cols else "")

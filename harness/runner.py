@@ -47,9 +47,26 @@ def make_client(uri: str | None = None):
     return client
 
 
+def _artifact_location(uri: str, name: str) -> str | None:
+    """For a SQLite store, keep artifacts beside the database file (MLflow would use ./mlruns of
+    whatever folder the command runs in); other stores choose their own location."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///") :]).resolve()
+    return (db.parent / "mlartifacts" / name).as_uri()
+
+
 def _experiment_id(client, name: str) -> str:
     exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp else client.create_experiment(name)
+    if exp:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_location(client.tracking_uri, name))
+    except Exception:  # noqa: BLE001 - another worker created it first
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def find_cell_runs(client, experiment_id: str, study: str) -> dict[str, Any]:
@@ -266,7 +283,7 @@ def _run_cell(client, exp_id: str, parent: str, study: Study, cell: Cell, env: d
             tags = {
                 "mlflow.parentRunId": parent, TAG_KIND: "cell", TAG_STUDY: study.name, TAG_HASH: cell.hash,
                 **env, "harness.device": str(resolve_device(cell.config.train.device)),
-                **{f"axis.{k}": str(v) for k, v in cell.values.items()},
+                **{f"axis.{k}": str(v) for k, v in cell.values.items()},  # every axis of the study
             }
             run_id = client.create_run(exp_id, run_name=cell.name, tags=tags).info.run_id
         client.set_tag(run_id, TAG_HEARTBEAT, str(time.time()))

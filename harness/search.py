@@ -583,7 +583,7 @@ def make_objective(
     """The Optuna objective: sample a config, train it in a child MLflow run, return the final metric.
 
     After every evaluation the metric is reported to the trial; when the pruner says so the run
-    stops (its checkpoint and curves are kept), its MLflow run is FINISHED with the tags
+    stops (its curves and weights are kept), its MLflow run is FINISHED with the tags
     ``harness.pruned=true`` and ``optuna.state=PRUNED``, and the trial is PRUNED. A diverging loss
     is pruned the same way (``harness.pruned_reason=diverged``): for the sampler it is a hopeless
     region, not a crash. Any other error marks the MLflow run FAILED (traceback as ``error.txt``)
@@ -1178,14 +1178,21 @@ def write_plots(optuna_study: optuna.Study, path: str | Path, *, metric: str = "
         ("intermediate values", lambda: vis.plot_intermediate_values(optuna_study)),
     ]
     parts, drawn = [], []
-    for title, make in plots:
-        try:
-            fig = make()
-        except Exception as e:  # noqa: BLE001 - e.g. importances need two complete trials
-            parts.append(f"<h2>{html.escape(title)}</h2><p>not drawn: {html.escape(str(e))}</p>")
-            continue
-        parts.append(f"<h2>{html.escape(title)}</h2>" + fig.to_html(full_html=False, include_plotlyjs=not drawn))
-        drawn.append(title)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # "too few trials" notes: the page says what is missing
+    try:
+        for title, make in plots:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    fig = make()
+            except Exception as e:  # noqa: BLE001 - e.g. importances need two complete trials
+                parts.append(f"<h2>{html.escape(title)}</h2><p>not drawn: {html.escape(str(e))}</p>")
+                continue
+            parts.append(f"<h2>{html.escape(title)}</h2>" + fig.to_html(full_html=False, include_plotlyjs=not drawn))
+            drawn.append(title)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     name = html.escape(optuna_study.study_name)
     Path(path).write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{name}</title></head>"

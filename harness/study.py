@@ -78,6 +78,8 @@ def _short(key: str, value: Any) -> str:
         return "lora" if value else "no-lora"
     if key in ("adapter.projector", "llm.prompt_style", "encoder.input_mode", "llm.casing"):
         return str(value)
+    if isinstance(value, str) and "/" in value:  # a path: its file name says enough
+        return f"{leaf}={Path(value).stem}"
     return f"{leaf}={value}"
 
 
@@ -160,7 +162,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         cfg = build_config(data, where=cell_where)
         _check_references(cfg, cell_where)
         h = config_hash(cfg)
-        ordered = {k: get_path(cfg, k) for k in axis_keys if k in values}
+        ordered = {k: get_path(cfg, k) for k in axis_keys}  # every axis, also those an include leaves at base
         if h in seen:
             continue  # an include that repeats a product cell is the same run
         seen[h] = True

@@ -136,6 +136,11 @@ class MlflowTracker:
         self._retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
 
     def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
+        # MLflow appends to an existing table: a run finished twice (resume after a crash in its
+        # last step) must not list every utterance twice, so an existing table is left as it is.
+        folder, _, name = artifact_file.rpartition("/")
+        if any(a.path == artifact_file for a in self._retry(self.client.list_artifacts, self.run_id, folder or None)):
+            return
         columns = list(rows[0]) if rows else []
         data = {c: [r[c] for r in rows] for c in columns}
         self._retry(self.client.log_table, self.run_id, data=data, artifact_file=artifact_file)

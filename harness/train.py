@@ -270,14 +270,15 @@ class Trainer:
             "train/step_seconds": seconds,
         }
 
-    def _evaluate(self) -> dict[str, float]:
+    def _evaluate(self, *, log: bool = True) -> dict[str, float]:
         t = self.cfg.train
         dev = self.data.dev[: t.eval_utterances]
         tf = teacher_forced(self.model, dev, batch_size=max(t.batch_size, 1), features=self.features)
         hyps = transcribe(self.model, dev, self.cfg.decode, desc="dev", progress=self.progress, features=self.features)
         wer, _ = word_errors([u.text for u in dev], hyps, normaliser=self.cfg.decode.normaliser)
         metrics = {"dev/loss": tf["loss"], "dev/acc": tf["acc"], "dev/wer": wer.wer}
-        self.tracker.log_metrics(metrics, step=self.state.step)
+        if log:
+            self.tracker.log_metrics(metrics, step=self.state.step)
         log.info("step %d: dev loss %.4f acc %.4f wer %.2f%%", self.state.step, tf["loss"], tf["acc"], 100 * wer.wer)
         if tf["loss"] < self.state.best_dev_loss:
             self.state.best_dev_loss, self.state.evals_without_improvement = tf["loss"], 0
@@ -291,7 +292,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the end
     def finish(self) -> RunResult:
-        final = dict(self._evaluate())
+        final = dict(self._evaluate(log=False))  # logged below with the other final metrics
         for name, utts in self.data.tests.items():
             res = evaluate_split(self.model, name, utts, self.cfg.decode, progress=self.progress, features=self.features)
             final.update(res.wer.as_metrics(f"test/{name}"))

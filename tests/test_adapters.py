@@ -161,3 +161,42 @@ def test_qformer_builds_for_any_hidden_size(hidden: int) -> None:
     x, lengths = _batch(lengths=(6, 3))
     y, n = proj.eval()(x, lengths)
     assert y.shape == (2, 3, D_LLM) and n.tolist() == [3, 1]
+
+
+@pytest.mark.parametrize("tail", TAILS)
+def test_linear_projector_is_concat_then_mlp(tail: str) -> None:
+    proj = _projector("linear", 3, tail)
+    x, lengths = _batch(lengths=(10,))
+    with torch.no_grad():
+        y, n = proj(x, lengths)
+        groups = [x[0, j * 3 : (j + 1) * 3] for j in range(int(n[0]))]
+        groups = [torch.cat([g, torch.zeros(3 - g.shape[0], D_ENC)]).reshape(-1) for g in groups]
+        want = proj.fc2(torch.relu(proj.fc1(torch.stack(groups))))
+    assert torch.allclose(y[0], want, atol=1e-6)
+
+
+def test_conv1d_projector_is_a_strided_convolution_over_time() -> None:
+    """Conv1d(D, H, kernel=stride=k) over the frame sequence, then the MLP (drop tail)."""
+    k = 4
+    proj = _projector("conv1d", k, "drop")
+    x, lengths = _batch(lengths=(23,))
+    with torch.no_grad():
+        y, n = proj(x, lengths)
+        h = torch.nn.functional.conv1d(x[:, :23].transpose(1, 2), proj.conv.weight, proj.conv.bias, stride=k)  # 1, H, 5
+        want = proj.fc2(torch.relu(proj.fc1(torch.relu(h.transpose(1, 2)))))
+    assert int(n[0]) == 23 // k == want.shape[1]
+    assert torch.allclose(y, want, atol=1e-5)
+
+
+def test_qformer_tail_window_attends_only_to_real_frames() -> None:
+    """With tail=pad the last window holds 3 real frames of k=5: its token is what the Q-Former makes
+    of those 3 frames alone (the zero padding is masked out of cross-attention)."""
+    proj = _projector("qformer", 5, "pad")
+    x, lengths = _batch(lengths=(13,))
+    with torch.no_grad():
+        y, n = proj(x, lengths)
+        assert int(n[0]) == 3
+        tail = proj.qformer(query_embeds=proj.queries, encoder_hidden_states=x[:, 10:13]).last_hidden_state
+        full = proj.qformer(query_embeds=proj.queries, encoder_hidden_states=x[:, 5:10]).last_hidden_state
+    assert torch.allclose(y[0, 2], proj.proj(tail)[0, 0], atol=1e-5)
+    assert torch.allclose(y[0, 1], proj.proj(full)[0, 0], atol=1e-5)

@@ -1,4 +1,5 @@
 """The published numbers as data: internal consistency, lookups, and the paper's own study files."""
+import doctest
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,12 @@ def test_formatting():
     assert tables.model_width("tiny:whisper", kind="encoder") == 32
     assert tables.model_width("tiny:llama", kind="llm") == 64
     assert tables.model_width("hf:no-such-org/no-such-model", kind="llm") is None
+
+
+@pytest.mark.parametrize("module", ["paper", "bootstrap", "data", "tables", "figures", "report"])
+def test_docstring_examples_run(module):
+    import importlib
+
+    mod = importlib.import_module(f"analysis.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
