@@ -367,6 +367,19 @@ def study_run(study_file, overrides, dry_run, retry_failed, runs_root, no_progre
         raise SystemExit(1)
 
 
+@main.command()
+@click.argument("study_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Folder (default: reports/<study name>).")
+@_tracking_option
+@_friendly
+def report(study_file: str, out: str | None, tracking_uri: str | None) -> None:
+    """Write the study's HTML report (figures, tables with CIs, paper numbers) and log it to MLflow."""
+    from analysis.report import write_report
+
+    path = write_report(study_file, out_dir=out, tracking_uri=tracking_uri)
+    click.echo(f"report: {path}")
+
+
 def _fmt_emergence(metrics: dict[str, float]) -> str:
     if "emergence_step" in metrics:
         return f"step {int(metrics['emergence_step'])}"
