@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from harness import distributed
 from harness.config import RunConfig, config_hash, flatten, to_yaml
 from harness.data.batching import batches_by_count, batches_by_duration
 from harness.data.manifest import Utterance, read_manifest
@@ -34,6 +35,7 @@ from harness.decode import evaluate_split, speech_frames, teacher_forced, transc
 from harness.features import FeatureCache
 from harness.metrics import word_errors
 from harness.models import SpeechLLM, build_model
+from harness.distributed import local_device
 from harness.tracking import LocalTracker, Tracker
 
 log = logging.getLogger("harness.train")
@@ -76,9 +78,18 @@ class RunResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return local_device(name)
+
+
+class _NullTracker:
+    """What ranks other than 0 log: nothing."""
+
+    def log_params(self, params): ...
+    def set_tags(self, tags): ...
+    def log_metrics(self, metrics, step): ...
+    def flush(self): ...
+    def log_artifact(self, path, artifact_path=None): ...
+    def log_table(self, rows, artifact_file): ...
 
 
 def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
@@ -100,15 +111,19 @@ class Trainer:
         self.on_evaluate = on_evaluate
         self.cfg = cfg
         self.out_dir = Path(out_dir)
-        self.tracker: Tracker = tracker or LocalTracker(self.out_dir)
+        self.device = resolve_device(cfg.train.device)
+        self.dist = distributed.from_env(self.device)
+        # Rank 0 alone logs, checkpoints and decodes; the other ranks only compute gradients.
+        self.tracker: Tracker = (tracker or LocalTracker(self.out_dir)) if self.dist.is_main else _NullTracker()
         self.progress = progress
         self.hash = config_hash(cfg)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._check_out_dir()
-        self.device = resolve_device(self.cfg.train.device)
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._check_out_dir()
+        self.dist.barrier()
         self.data = self._setup_data()
         self.model = self._setup_model()
         self.features = self._setup_features()
@@ -163,7 +178,9 @@ class Trainer:
         cache = FeatureCache(self.model.encoder, reference=self.cfg.encoder.name,
                              input_mode=self.cfg.encoder.input_mode, root=cache_dir())
         utts = [*self.data.train, *self.data.dev[: self.cfg.train.eval_utterances], *(u for v in self.data.tests.values() for u in v)]
-        cache.fill(utts, progress=self.progress)
+        if self.dist.is_main:
+            cache.fill(utts, progress=self.progress)
+        self.dist.barrier()  # the other ranks read what rank 0 wrote
         return cache
 
     def _setup_optimizer(self) -> torch.optim.Optimizer:
@@ -221,7 +238,8 @@ class Trainer:
                 if self.state.step % t.log_every == 0:
                     self.tracker.log_metrics(metrics, step=self.state.step)
                 if t.eval_every and self.state.step % t.eval_every == 0 and self.state.step < t.max_steps:
-                    dev = self._evaluate()
+                    dev = self._evaluate() if self.dist.is_main else {}
+                    self.state.stopped_early = self.dist.sum(float(self.state.stopped_early)) > 0
                     if self.on_evaluate is not None:
                         self.save_checkpoint()  # what the callback decides on is kept, whatever it decides
                         self.on_evaluate(self.state.step, dev)
@@ -239,10 +257,12 @@ class Trainer:
         t = self.cfg.train
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        batches = [self._next_batch() for _ in range(t.grad_accum)]
+        batches = [self._next_batch() for _ in range(t.grad_accum)]  # global batches, same on every rank
         total_tokens = sum(len(self.model.prompt.target_ids(u.text)) for b in batches for u in b)
         loss_sum, correct, audio = 0.0, 0, 0.0
-        for batch in batches:
+        for batch in (self.dist.shard(b) for b in batches):
+            if not batch:
+                continue
             frames, lengths = speech_frames(self.model, batch, self.features)
             out = self.model.forward_frames(frames, lengths, [u.text for u in batch])
             # Token-weighted over the whole accumulated step, as one big batch would be.
@@ -250,10 +270,12 @@ class Trainer:
             loss_sum += float(out["loss"].detach()) * int(out["tokens"])
             correct += int(out["correct"])
             audio += sum(u.duration for u in batch)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.dist.sum_gradients(params)
+        loss_sum, correct, audio = self.dist.sum(loss_sum), self.dist.sum(correct), self.dist.sum(audio)
         loss = loss_sum / total_tokens
         if not math.isfinite(loss):
             raise TrainingDiverged(self.state.step + 1, loss)
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t.clip if t.clip is not None else float("inf"))
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
@@ -270,14 +292,14 @@ class Trainer:
             "train/step_seconds": seconds,
         }
 
-    def _evaluate(self, *, log: bool = True) -> dict[str, float]:
+    def _evaluate(self, *, record: bool = True) -> dict[str, float]:
         t = self.cfg.train
         dev = self.data.dev[: t.eval_utterances]
         tf = teacher_forced(self.model, dev, batch_size=max(t.batch_size, 1), features=self.features)
         hyps = transcribe(self.model, dev, self.cfg.decode, desc="dev", progress=self.progress, features=self.features)
         wer, _ = word_errors([u.text for u in dev], hyps, normaliser=self.cfg.decode.normaliser)
         metrics = {"dev/loss": tf["loss"], "dev/acc": tf["acc"], "dev/wer": wer.wer}
-        if log:
+        if record:
             self.tracker.log_metrics(metrics, step=self.state.step)
         log.info("step %d: dev loss %.4f acc %.4f wer %.2f%%", self.state.step, tf["loss"], tf["acc"], 100 * wer.wer)
         if tf["loss"] < self.state.best_dev_loss:
@@ -292,7 +314,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ the end
     def finish(self) -> RunResult:
-        final = dict(self._evaluate(log=False))  # logged below with the other final metrics
+        if not self.dist.is_main:
+            self.dist.barrier()  # rank 0 decodes and saves
+            return RunResult(self.out_dir, self.hash, self.state, {})
+        final = dict(self._evaluate(record=False))  # logged below with the other final metrics
         for name, utts in self.data.tests.items():
             res = evaluate_split(self.model, name, utts, self.cfg.decode, progress=self.progress, features=self.features)
             final.update(res.wer.as_metrics(f"test/{name}"))
@@ -311,6 +336,7 @@ class Trainer:
         self.save_checkpoint()  # also flushes the tracker
         result = RunResult(self.out_dir, self.hash, self.state, final)
         (self.out_dir / "result.json").write_text(json.dumps({"state": asdict(self.state), "metrics": final}, indent=2))
+        self.dist.barrier()
         return result
 
     def _write_rows(self, name: str, rows: list[dict[str, Any]]) -> None:
@@ -324,6 +350,8 @@ class Trainer:
         return self.out_dir / "checkpoint"
 
     def save_checkpoint(self) -> None:
+        if not self.dist.is_main:
+            return
         tmp = self.out_dir / "checkpoint.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()

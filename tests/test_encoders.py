@@ -12,6 +12,9 @@ from conftest import audio, tiny_config
 from harness.models import build_encoder
 from harness.models.encoders import HubertSpeechEncoder, WhisperSpeechEncoder
 
+# transformers' WavLM attention passes a bool padding mask with a float position bias to torch.
+pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask:UserWarning")
+
 SSL = ["tiny:hubert", "tiny:wavlm", "tiny:wav2vec2"]
 
 

@@ -30,10 +30,11 @@ from harness.search import (
     load_search,
     make_objective,
     open_storage,
+    resolve_storage,
     run_search,
     suggest_config,
 )
-from harness.search_cli import search_command
+from harness.search_cli import dashboard_command, search_command
 from harness.study import load_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,6 +188,23 @@ def test_fixed_trial_maps_to_config(tmp_path, manifests):
     assert (cfg.train.lr, cfg.adapter.hidden, cfg.adapter.k) == (3e-3, 96, 2)
     base = study.cells[0].config
     assert cfg == replace(base, train=replace(base.train, lr=3e-3), adapter=replace(base.adapter, hidden=96, k=2))
+
+
+def test_storage_follows_the_number_of_workers():
+    assert resolve_storage(None) == "sqlite:///optuna.db"
+    assert resolve_storage(None, workers=2) == "optuna-journal.log"
+    assert resolve_storage("postgresql://u:p@db/optuna", workers=8) == "postgresql://u:p@db/optuna"
+    with pytest.raises(ConfigError, match="SQLite is unsafe for 2 parallel workers"):
+        resolve_storage("sqlite:///optuna.db", workers=2)
+    with pytest.raises(ConfigError, match="write it as a URL, sqlite:///my.db"):
+        resolve_storage("my.db")
+
+
+def test_dashboard_needs_a_storage(tmp_path, manifests, monkeypatch):
+    path = study_file(tmp_path, manifests, LR_SEARCH)
+    monkeypatch.chdir(tmp_path)  # no optuna.db or journal here
+    result = CliRunner().invoke(dashboard_command, [str(path)])
+    assert result.exit_code == 1 and "run `harness search` first or pass --storage" in result.output
 
 
 def test_emergence_aware_pruner_waits_past_the_emergence_step():

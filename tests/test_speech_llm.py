@@ -9,6 +9,9 @@ from harness.config import LLMConfig
 from harness.models import IGNORE, Prompt, build_model
 from harness.models.loading import load_llm, tiny_tokenizer
 
+# transformers' WavLM attention passes a bool padding mask with a float position bias to torch.
+pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask:UserWarning")
+
 EOS = "<|im_end|>"
 
 

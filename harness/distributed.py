@@ -1,0 +1,76 @@
+"""Data parallelism for one run over several processes (``torchrun`` or ``accelerate launch``).
+
+Only the projector (and LoRA / a trainable encoder) trains, so instead of wrapping the whole
+SpeechLLM in DDP we all-reduce exactly the trainable gradients after each backward pass. Every
+rank walks the same global batch order and takes its slice of each global batch; the loss is
+token-weighted over the *global* batch (each rank knows every transcript of it), so the summed
+gradients equal those of one process training on the whole global batch.
+
+Rank 0 alone writes checkpoints, logs metrics and decodes the test splits; the others wait.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    def shard(self, batch: list) -> list:
+        """This rank's part of a global batch (round-robin keeps lengths balanced after bucketing)."""
+        return batch[self.rank :: self.world] if self.enabled else batch
+
+    def sum(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return float(t.item())
+
+    def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """All-reduce (sum) the gradients of the trainable parameters, flattened into one buffer."""
+        if not self.enabled:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for p, g in zip(params, grads):
+            n = g.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def from_env(device: torch.device) -> Dist:
+    """Join the process group that ``torchrun`` describes in the environment (or run alone)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+def local_device(name: str) -> torch.device:
+    """``auto`` under torchrun on GPUs means this rank's own GPU."""
+    if name == "auto" and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu" if name == "auto" else name)
