@@ -50,7 +50,12 @@ class DataConfig:
     max_train_utterances: int | None = None
     """Use only the first N training utterances (``None``: all)."""
     max_duration: float = 30.0
-    """Utterances longer than this many seconds are skipped with a counted warning."""
+    """Utterances longer than this many seconds are skipped with a counted warning (Whisper's window is 30 s)."""
+    scan: Literal["header", "decode", "off"] = "header"
+    """Check every audio file before training: read headers (fast), decode fully (catches truncated/NaN
+    audio), or not at all."""
+    on_bad_audio: Literal["skip", "stop"] = "skip"
+    """A file the scan finds bad: skip its utterance (counted, listed in bad_audio.jsonl) or stop the run."""
 
 
 @dataclass(frozen=True)

@@ -181,6 +181,18 @@ def environment_tags() -> dict[str, str]:
     }
 
 
+def peak_memory() -> str:
+    """Peak resident memory of this process (and peak CUDA memory when a GPU was used)."""
+    import resource
+
+    import torch
+
+    text = f"rss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+    if torch.cuda.is_available():
+        text += f", cuda {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+    return text
+
+
 @dataclass
 class CellOutcome:
     cell: Cell
@@ -306,6 +318,9 @@ def _run_cell(client, exp_id: str, parent: str, study: Study, cell: Cell, env: d
             pass
         client.log_text(run_id, tb, "error.txt")
         client.set_tag(run_id, "harness.error", f"{type(e).__name__}: {e}"[:5000])
+        client.set_tag(run_id, "harness.peak_memory", peak_memory())  # the first thing to look at after an OOM
+        if getattr(e, "step", None) is not None:
+            client.set_tag(run_id, "harness.failed_step", str(e.step))
         client.set_terminated(run_id, "FAILED")
         return CellOutcome(cell, "failed", run_id, {}, f"{type(e).__name__}: {e}")
     client.set_terminated(run_id, "FINISHED")

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from harness import distributed
 from harness.config import RunConfig, config_hash, flatten, to_yaml
 from harness.data.batching import batches_by_count, batches_by_duration
-from harness.data.manifest import Utterance, read_manifest
+from harness.data.manifest import Utterance, check_audio_files, read_manifest
 from harness.emergence import find_emergence, plot_curve
 from harness.decode import evaluate_split, speech_frames, teacher_forced, transcribe
 from harness.features import FeatureCache
@@ -131,6 +131,7 @@ class Trainer:
         self.scheduler = self._setup_scheduler()
         self.state = self._load_checkpoint() or TrainState()
         if self.state.step == 0:
+            self.tracker.log_metrics({k: float(v) for k, v in self._skipped.items()}, step=0)
             self.tracker.log_params(flatten(self.cfg))
             self.tracker.set_tags({"config_hash": self.hash})
             for name, value in self.model.param_counts().items():
@@ -145,6 +146,7 @@ class Trainer:
 
     def _setup_data(self) -> Datasets:
         d = self.cfg.data
+        self._skipped: dict[str, int] = {}
         keep = lambda utts, name: self._filter_long(utts, name)  # noqa: E731
         train = keep(read_manifest(d.train), "train")
         if d.max_train_utterances is not None:
@@ -158,10 +160,25 @@ class Trainer:
         return Datasets(train, keep(read_manifest(d.dev), "dev"), tests)
 
     def _filter_long(self, utts: list[Utterance], name: str) -> list[Utterance]:
-        kept = [u for u in utts if u.duration <= self.cfg.data.max_duration]
+        d = self.cfg.data
+        kept = [u for u in utts if u.duration <= d.max_duration]
         if len(kept) < len(utts):
             log.warning("%s: skipped %d utterances longer than data.max_duration=%.1f s",
-                        name, len(utts) - len(kept), self.cfg.data.max_duration)
+                        name, len(utts) - len(kept), d.max_duration)
+            self._skipped[f"data/{name}/too_long"] = len(utts) - len(kept)
+        if d.scan != "off":
+            bad = check_audio_files(kept, decode=d.scan == "decode")
+            if bad:
+                report = self.out_dir / "bad_audio.jsonl"
+                with open(report, "a") as f:
+                    f.writelines(json.dumps({"split": name, "id": u.id, "audio": u.audio, "reason": r}) + "\n" for u, r in bad)
+                listing = "; ".join(f"{u.audio}: {r}" for u, r in bad[:5])
+                if d.on_bad_audio == "stop":
+                    raise ValueError(f"{name}: {len(bad)} bad audio files (data.on_bad_audio=stop): {listing}")
+                log.warning("%s: skipped %d bad audio files (listed in %s): %s", name, len(bad), report, listing)
+                self._skipped[f"data/{name}/bad_audio"] = len(bad)
+                bad_ids = {u.id for u, _ in bad}
+                kept = [u for u in kept if u.id not in bad_ids]
         if not kept:
             raise ValueError(f"split {name!r} has no utterances to use")
         return kept
