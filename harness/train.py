@@ -242,6 +242,11 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def train(self) -> RunResult:
         t = self.cfg.train
+        done = self.out_dir / "result.json"
+        if (self.state.step >= t.max_steps or self.state.stopped_early) and done.exists():
+            # Finished before (e.g. killed between finishing and being marked done): report, don't redo.
+            blob = json.loads(done.read_text())
+            return RunResult(self.out_dir, self.hash, self.state, blob["metrics"])
         self._order_cache: dict[int, list[list[int]]] = {}
         self.model.train()
         bar = tqdm(total=t.max_steps, initial=self.state.step, desc="train", unit="step", disable=not self.progress)

@@ -173,7 +173,6 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, uninterrupted, d
     assert {r["step"] for r in history if r["key"] == "dev/loss"} == {4, 8}
 
 
-@pytest.mark.xfail(strict=True, reason="harness/train.py: a finished run, started again, re-runs finish() and logs it twice")
 def test_starting_a_finished_run_again_logs_nothing_twice(tmp_path: Path, uninterrupted) -> None:
     cfg, ref_dir, ref_history = uninterrupted
     shutil.copytree(ref_dir, tmp_path / "run")
