@@ -337,11 +337,13 @@ def _print_rows(rows: list[dict[str, str]]) -> None:
 @click.argument("overrides", nargs=-1)
 @click.option("--dry-run", is_flag=True, help="Print the cells (hash, status, name) and run nothing.")
 @click.option("--retry-failed", is_flag=True, help="Run cells that failed before again.")
+@click.option("--claim-timeout", default=300.0, show_default=True, type=float,
+              help="Seconds without a heartbeat after which another worker's RUNNING cell counts as abandoned.")
 @click.option("--runs-root", default="runs", show_default=True, help="Folder for checkpoints and local outputs.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @_tracking_option
 @_friendly
-def study_run(study_file, overrides, dry_run, retry_failed, runs_root, no_progress, tracking_uri) -> None:
+def study_run(study_file, overrides, dry_run, retry_failed, claim_timeout, runs_root, no_progress, tracking_uri) -> None:
     """Run every cell of STUDY_FILE that is not done yet (a.b=v OVERRIDES apply to its base)."""
     from harness.runner import run_study, study_table
     from harness.study import load_study
@@ -352,7 +354,8 @@ def study_run(study_file, overrides, dry_run, retry_failed, runs_root, no_progre
         _print_rows(study_table(st, uri=tracking_uri))
         return
     _sigterm_as_interrupt()
-    outcomes = run_study(st, uri=tracking_uri, runs_root=runs_root, retry_failed=retry_failed, progress=not no_progress)
+    outcomes = run_study(st, uri=tracking_uri, runs_root=runs_root, retry_failed=retry_failed, progress=not no_progress,
+                         claim_timeout=claim_timeout)
     rows = []
     for o in outcomes:
         wers = {k.split("/")[1]: v for k, v in o.metrics.items() if k.startswith("test/") and k.endswith("/wer")}
@@ -416,7 +419,7 @@ def quickstart(ctx, study_file, librispeech, texts, n_train, n_eval, tracking_ur
     for name in packs.PACKS.names():
         if packs.installed(name):
             packs.pack_path(name)
-    ctx.invoke(study_run, study_file=study_file, overrides=(), dry_run=False, retry_failed=False,
+    ctx.invoke(study_run, study_file=study_file, overrides=(), dry_run=False, retry_failed=False, claim_timeout=300.0,
                runs_root="runs", no_progress=False, tracking_uri=tracking_uri)
 
 

@@ -304,7 +304,8 @@ def _run_cell(client, exp_id: str, parent: str, study: Study, cell: Cell, env: d
     out_dir = Path(runs_root) / study.name / cell.hash[:12]
     tracker = MlflowTracker(client, run_id)
     try:
-        with Heartbeat(client, run_id):
+        # Beat several times per claim_timeout, so a short timeout never mistakes a live worker for a dead one.
+        with Heartbeat(client, run_id, every=min(HEARTBEAT_EVERY, claim_timeout / 3)):
             result = run_training(cell.config, out_dir, tracker=tracker, progress=progress)
     except KeyboardInterrupt:
         client.set_terminated(run_id, "KILLED")

@@ -131,6 +131,9 @@ def line_of(path: Path, snippet: str) -> int:
         ("params: {train.lr: {type: float, low: 1.0e-4, high: 1.0e-2}}\nenqueue:\n  - {train.lr: 1.0}\n",
          "train.lr: 1.0}", "train.lr=1.0 is outside its distribution"),
     ],
+    ids=["unknown-key", "unknown-type", "low-above-high", "log-of-zero", "not-a-config-key", "wrong-type",
+         "bad-choice", "unknown-param-key", "bad-objective", "unknown-sampler", "unknown-pruner-option",
+         "pruner-option-type", "emergence-margin", "grid-needs-finite", "enqueue-out-of-range"],
 )
 def test_search_section_errors_name_the_line(tmp_path, manifests, search, bad_line, message):
     path = study_file(tmp_path, manifests, search)
