@@ -442,5 +442,11 @@ def ui(tracking_uri: str | None, port: int, host: str) -> None:
         pass
 
 
+from harness.search_cli import dashboard_command, search_command  # noqa: E402 - after main exists
+
+main.add_command(search_command)
+main.add_command(dashboard_command)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,9 +1,11 @@
 """Where a run's parameters, metrics and artifacts go.
 
 The trainer talks to a small :class:`Tracker` protocol. Metrics are *buffered* and written only
-when the trainer calls :meth:`Tracker.flush`, which it does right after each checkpoint: whatever
-a tracker holds is then always covered by a checkpoint, so a run that is killed and resumed
-recomputes the lost steps and never logs a step twice.
+when the trainer calls :meth:`Tracker.flush`, right after each checkpoint. The checkpoint itself
+also holds the buffer (:meth:`Tracker.pending`), so a kill between writing the checkpoint and
+flushing loses nothing: the resumed run re-sends those values (:meth:`Tracker.restore`), and
+re-sending a value that did arrive is a no-op (same key, step, timestamp and value). Steps after
+the checkpoint are recomputed, so a resumed run never logs a step twice.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ class Tracker(Protocol):
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def flush(self) -> None: ...
+    def pending(self) -> list: ...
+    def restore(self, pending: list) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None: ...
 
@@ -41,6 +45,13 @@ class LocalTracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self._buffer.extend({"step": step, "key": k, "value": float(v)} for k, v in metrics.items())
+
+    def pending(self) -> list:
+        return [dict(r) for r in self._buffer]
+
+    def restore(self, pending: list) -> None:
+        seen = {(r["step"], r["key"]) for r in self.history()}
+        self._buffer[:0] = [r for r in pending if (r["step"], r["key"]) not in seen]
 
     def flush(self) -> None:
         if not self._buffer:
@@ -121,6 +132,13 @@ class MlflowTracker:
         self._buffer.extend((k, float(v), now, step) for k, v in metrics.items())
         if self.local:
             self.local.log_metrics(metrics, step)
+
+    def pending(self) -> list:
+        return [list(m) for m in self._buffer]
+
+    def restore(self, pending: list) -> None:
+        # Exact (key, value, timestamp, step) tuples: MLflow's stores ignore an identical re-log.
+        self._buffer[:0] = [(k, float(v), int(t), int(s)) for k, v, t, s in pending]
 
     def flush(self) -> None:
         from mlflow.entities import Metric

@@ -88,6 +88,8 @@ class _NullTracker:
     def set_tags(self, tags): ...
     def log_metrics(self, metrics, step): ...
     def flush(self): ...
+    def pending(self): return []
+    def restore(self, pending): ...
     def log_artifact(self, path, artifact_path=None): ...
     def log_table(self, rows, artifact_file): ...
 
@@ -386,6 +388,7 @@ class Trainer:
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "python_rng": random.getstate(),
                 "state": asdict(self.state),
+                "pending_metrics": self.tracker.pending(),  # see harness.tracking: nothing lost, nothing twice
             },
             tmp / "state.pt",
         )
@@ -413,6 +416,8 @@ class Trainer:
         if blob["cuda_rng"]:
             torch.cuda.set_rng_state_all(blob["cuda_rng"])
         random.setstate(blob["python_rng"])
+        self.tracker.restore(blob.get("pending_metrics", []))
+        self.tracker.flush()
         log.info("resumed from %s at step %d", ckpt, blob["state"]["step"])
         return TrainState(**blob["state"])
 

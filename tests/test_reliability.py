@@ -229,8 +229,8 @@ def test_sigkill_loses_only_uncheckpointed_steps_and_resumes_exactly(tmp_path: P
     resumes it into the same run, to the same weights as a run that never stopped."""
     d = _manifests(tmp_path, libri)
     # A tiny step takes a few hundredths of a second: enough steps that the kill lands mid-run.
-    base = base_config(d, max_steps=200, checkpoint_every=25, lr=1e-3)
-    path = write_study(tmp_path, "sigkill", base, include=[{"train.max_steps": 2}, {"train.max_steps": 200}])
+    base = base_config(d, max_steps=2, checkpoint_every=25, lr=1e-3)  # cell 1: the base, 2 steps
+    path = write_study(tmp_path, "sigkill", base, include=[{"train.max_steps": 200}])  # cell 2
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     st = load_study(path)
     first, second = st.cells
