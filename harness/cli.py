@@ -37,28 +37,7 @@ def _sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-class HarnessError(click.ClickException):
-    """A user-facing error: printed as one clear line, exit code 1."""
-
-
-def _friendly(fn):
-    """Turn the project's own error types into one-line messages instead of tracebacks."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from harness.config import ConfigError
-        from harness.data.audio import AudioError
-        from harness.data.manifest import ManifestError
-        from harness.models.loading import ModelLoadError
-        from harness.registry import RegistryError
-
-        try:
-            return fn(*args, **kwargs)
-        except (ConfigError, ModelLoadError, RegistryError, ManifestError, AudioError, FileNotFoundError) as e:
-            raise HarnessError(str(e)) from e
-
-    return wrapper
+from harness.cli_common import HarnessError, friendly as _friendly  # noqa: E402
 
 
 @click.group()

@@ -9,7 +9,6 @@ Registered in :mod:`harness.cli` with ``main.add_command(search_command)`` and
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import shutil
@@ -20,26 +19,9 @@ from pathlib import Path
 
 import click
 
+from harness.cli_common import friendly as _friendly
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def _friendly(fn):
-    """The project's own errors become one clear line (exit code 1) instead of a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from harness.config import ConfigError
-        from harness.data.audio import AudioError
-        from harness.data.manifest import ManifestError
-        from harness.models.loading import ModelLoadError
-        from harness.registry import RegistryError
-
-        try:
-            return fn(*args, **kwargs)
-        except (ConfigError, ModelLoadError, RegistryError, ManifestError, AudioError, FileNotFoundError) as e:
-            raise click.ClickException(str(e)) from e
-
-    return wrapper
 
 
 def _ensure_logging() -> None:
