@@ -375,7 +375,7 @@ def _fmt_emergence(metrics: dict[str, float]) -> str:
               help="LibriSpeech tree for the real-speech test split (skipped when absent).")
 @click.option("--text", "texts", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Sentence source(s) for the synthetic corpus (default: the installed book text).")
-@click.option("--n-train", default=1000, show_default=True)
+@click.option("--n-train", default=800, show_default=True)
 @click.option("--n-eval", default=60, show_default=True, help="Utterances in each of dev/test/test_unseen.")
 @_tracking_option
 @click.pass_context

@@ -459,3 +459,89 @@ def test_unreachable_hub_model_is_a_one_line_error(tmp_path: Path, libri) -> Non
     assert "Error: cannot load Hugging Face model 'no-such-org/no-such-whisper'" in proc.stderr
     assert "offline" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+# ---------------------------------------------------------------------------- checkpoints, security
+
+
+def test_a_crash_while_writing_a_checkpoint_leaves_a_usable_one(tmp_path: Path, libri) -> None:
+    """Checkpoints are written to checkpoint.tmp and swapped in by renames. A crash leaves either a
+    partial checkpoint.tmp (ignored) or, mid-swap, only checkpoint.old (used): resume works in both."""
+    import shutil
+
+    d = _manifests(tmp_path, libri)
+    cfg = build_config(base_config(d, max_steps=4, checkpoint_every=2, lr=1e-3))
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    trainer.setup()
+    trainer._order_cache = {}  # what train() sets up: two steps by hand, then a checkpoint
+    for _ in range(2):
+        trainer._train_step()
+        trainer.state.step += 1
+    trainer.save_checkpoint()
+    ckpt = tmp_path / "run" / "checkpoint"
+    assert not (tmp_path / "run" / "checkpoint.tmp").exists() and not (tmp_path / "run" / "checkpoint.old").exists()
+
+    # 1. The process died while writing the next checkpoint: a half-written checkpoint.tmp.
+    (tmp_path / "run" / "checkpoint.tmp").mkdir()
+    (tmp_path / "run" / "checkpoint.tmp" / "trainable.safetensors").write_bytes(b"\0" * 10)
+    again = Trainer(cfg, tmp_path / "run", progress=False)
+    again.setup()
+    assert again.state.step == 2
+    # 2. It died between the two renames: only checkpoint.old holds the last checkpoint.
+    shutil.rmtree(tmp_path / "run" / "checkpoint.tmp")
+    os.replace(ckpt, tmp_path / "run" / "checkpoint.old")
+    third = Trainer(cfg, tmp_path / "run", progress=False)
+    third.setup()
+    assert third.state.step == 2
+    result = third.train()
+    assert result.state.step == 4 and ckpt.is_dir() and not (tmp_path / "run" / "checkpoint.old").exists()
+
+
+def test_a_checkpoint_carrying_code_is_refused(tmp_path: Path, libri) -> None:
+    """state.pt is read with torch.load(weights_only=True): a pickle that would run code on load
+    (here: print to a file) is refused, and the code does not run."""
+    import pickle
+
+    d = _manifests(tmp_path, libri)
+    cfg = build_config(base_config(d, max_steps=2, checkpoint_every=2, lr=1e-3))
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    trainer.setup()
+    trainer.save_checkpoint()
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.write_text, (marker, "ran"))
+
+    torch.save({"state": Evil()}, tmp_path / "run" / "checkpoint" / "state.pt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        Trainer(cfg, tmp_path / "run", progress=False).setup()
+    assert not marker.exists()
+
+
+def test_yaml_tags_that_build_objects_are_refused(tmp_path: Path) -> None:
+    from harness.config import ConfigError, load_config
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.yaml"
+    path.write_text(f"train: !!python/object/apply:pathlib.Path.touch [!!python/object/apply:pathlib.Path ['{marker}']]\n")
+    with pytest.raises(ConfigError):
+        load_config(path, [])
+    assert not marker.exists()
+
+
+def test_no_shell_strings_and_loopback_servers() -> None:
+    """Static guard over the project's code: commands are argument lists (no shell=True, os.system,
+    os.popen), checkpoints load with weights_only=True, servers default to 127.0.0.1."""
+    sources = [p for folder in ("harness", "analysis") for p in (ROOT / folder).rglob("*.py")]
+    assert sources
+    for p in sources:
+        text = p.read_text()
+        for bad in ("shell=True", "os.system(", "os.popen(", "yaml.load(text)", "yaml.unsafe_load", "pickle.load("):
+            assert bad not in text, f"{p.relative_to(ROOT)}: {bad}"
+        for call in re.findall(r"torch\.load\([^\n]*", text):
+            assert "weights_only=True" in call, f"{p.relative_to(ROOT)}: {call}"
+        for host in re.findall(r'"--host", default="([^"]+)"', text):
+            assert host == "127.0.0.1", f"{p.relative_to(ROOT)} binds {host} by default"
+    services = (ROOT / ".ci" / "services").read_text()
+    assert "--host 127.0.0.1" in services and "0.0.0.0" not in services
