@@ -380,9 +380,7 @@ def _fmt_emergence(metrics: dict[str, float]) -> str:
 @_tracking_option
 @click.pass_context
 def quickstart(ctx, study_file, librispeech, texts, n_train, n_eval, tracking_uri) -> None:
-    """The main job: synthesize the corpus, index real LibriSpeech, convert the packs, run the study."""
-    from harness import packs
-
+    """The main job: synthesize the corpus, index real LibriSpeech, run the quickstart study."""
     if not Path("data/synth/train.jsonl").exists():
         ctx.invoke(data_synth, texts=texts, out="data/synth", n_train=n_train, n_dev=n_eval, n_test=n_eval,
                    n_test_unseen=n_eval, seed=0, workers=os.cpu_count() or 1, voices=None, unseen_voices=None)
@@ -395,9 +393,7 @@ def quickstart(ctx, study_file, librispeech, texts, n_train, n_eval, tracking_ur
         click.echo(f"librispeech: {len(utts)} real utterances -> data/librispeech/all.jsonl")
     else:
         click.echo(f"{librispeech} not found: no real-speech test split")
-    for name in packs.PACKS.names():
-        if packs.installed(name):
-            packs.pack_path(name)
+    # Packs are converted on first use (once; cached under ~/.cache/slam-harness).
     ctx.invoke(study_run, study_file=study_file, overrides=(), dry_run=False, retry_failed=False, claim_timeout=300.0,
                runs_root="runs", no_progress=False, tracking_uri=tracking_uri)
 
