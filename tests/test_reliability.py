@@ -255,7 +255,10 @@ def test_sigkill_loses_only_uncheckpointed_steps_and_resumes_exactly(tmp_path: P
     ckpt = runs_root / "sigkill" / second.hash[:12] / "checkpoint" / "state.pt"
     at = torch.load(ckpt, weights_only=True)["state"]["step"]
     assert at % 25 == 0 and 25 <= at < 200
-    assert steps_of(client, killed.info.run_id) == list(range(1, at + 1))
+    logged = steps_of(client, killed.info.run_id)
+    # MLflow holds the checkpointed steps (fewer only if the kill hit the flush right after a
+    # checkpoint; the checkpoint keeps those values and the resumed run sends them) and none after.
+    assert logged == list(range(1, len(logged) + 1)) and at - 25 <= len(logged) <= at
 
     time.sleep(1.5)
     outcomes = run_study(st, uri=uri, runs_root=runs_root, progress=False, claim_timeout=1.0)
@@ -348,7 +351,8 @@ def test_server_restart_mid_run_loses_no_metrics(tmp_path: Path, libri, monkeypa
             elif step == 4:  # the step-4 flush could only succeed against the restarted server
                 assert "up" in times and times["up"] > times["down"]
 
-        result = run_training(cfg, tmp_path / "run", tracker=MlflowTracker(client, run_id), progress=False,
+        # More retries than the default 6 (~30 s): a loaded CI machine may take longer to restart the server.
+        result = run_training(cfg, tmp_path / "run", tracker=MlflowTracker(client, run_id, retries=10), progress=False,
                               on_evaluate=on_evaluate)
         assert result.state.step == 6
         restarter.join(timeout=60)
@@ -545,3 +549,27 @@ def test_no_shell_strings_and_loopback_servers() -> None:
             assert host == "127.0.0.1", f"{p.relative_to(ROOT)} binds {host} by default"
     services = (ROOT / ".ci" / "services").read_text()
     assert "--host 127.0.0.1" in services and "0.0.0.0" not in services
+
+
+def test_unknown_model_names_list_valid_names_and_the_closest(tmp_path: Path) -> None:
+    from harness.models import check_reference
+    from harness.registry import RegistryError
+
+    with pytest.raises(RegistryError, match=r"unknown pack 'whisper-tiny' \(did you mean 'whisper-tiny.en'\?\)\. "
+                                            r"Valid pack names: .*whisper-base"):
+        check_reference("pack:whisper-tiny", kind="encoder")
+    proc = subprocess.run(_cli("train", "encoder.name=tiny:whispr", "llm.name=tiny:lama", "--out", str(tmp_path / "run")),
+                          cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "unknown tiny encoder 'whispr' (did you mean 'whisper'?). Valid tiny encoder names:" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()  # refused before anything ran
+
+
+def test_non_ascii_transcripts_round_trip(tmp_path: Path, libri) -> None:
+    from harness.data.manifest import read_manifest
+
+    u = sorted(libri["dev-clean"], key=lambda u: u.duration)[0]
+    texts = ["NAÏVE CAFÉ DÉJÀ VU", "ÜBER STRAßE", "日本語の文", "EMOJI 🙂 AND TAB\tINSIDE"]
+    utts = [Utterance(f"u{i}", u.audio, t, u.duration) for i, t in enumerate(texts)]
+    write_manifest(tmp_path / "m.jsonl", utts)
+    assert [x.text for x in read_manifest(tmp_path / "m.jsonl")] == texts
