@@ -198,12 +198,17 @@ def _cell_where(where: SourceMap, values: dict[str, Any]) -> SourceMap:
 
 
 def _check_references(cfg: RunConfig, where: SourceMap) -> None:
-    from harness.models import validate_references
+    from harness.models import PROJECTORS, check_reference
     from harness.models.loading import ModelLoadError
     from harness.registry import RegistryError
 
-    try:
-        validate_references(cfg)
-    except (ModelLoadError, RegistryError) as e:
-        key = "adapter.projector" if "projector" in str(e) else ("encoder.name" if cfg.encoder.name in str(e) else "llm.name")
-        raise ConfigError(f"{where(key)}{key}: {e}") from None
+    checks = [
+        ("encoder.name", lambda: check_reference(cfg.encoder.name, kind="encoder")),
+        ("llm.name", lambda: check_reference(cfg.llm.name, kind="llm")),
+        ("adapter.projector", lambda: PROJECTORS.get(cfg.adapter.projector)),
+    ]
+    for key, check in checks:
+        try:
+            check()
+        except (ModelLoadError, RegistryError) as e:
+            raise ConfigError(f"{where(key)}{key}: {e}") from None
