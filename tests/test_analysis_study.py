@@ -83,7 +83,9 @@ def test_load_runs(store, runs):
     study = load_study(store["study"])
     assert list(runs["cell_hash"]) == [c.hash for c in study.cells]  # study order
     assert list(runs["run_name"]) == [c.name for c in study.cells]
-    assert list(runs["run_name"][:3]) == ["k2", "k5", "hubert"]
+    # Names carry every axis of the study (include cells too); a path-valued axis shows its file stem.
+    assert list(runs["run_name"]) == ["k2|whisper|dev=dev", "k5|whisper|dev=dev", "k5|hubert|dev=dev",
+                                      "k3|whisper|dev=no-such-manifest"]
     assert list(runs["status"]) == ["FINISHED", "FINISHED", "FINISHED", "FAILED"]
     assert list(runs["state"]) == ["done", "done", "done", "failed"]
     assert list(runs["adapter.k"]) == [2, 5, 5, 3]  # typed; k of the HuBERT cell comes from its config
@@ -112,9 +114,10 @@ def test_load_runs_unknown_and_stale(store, runs, tmp_path):
     edited = tmp_path / "edited.yaml"
     edited.write_text(store["study"].read_text().replace("adapter.k: [2, 5]", "adapter.k: [2]"))
     names = list(data.load_runs(edited, tracking_uri=store["uri"])["run_name"])
-    assert names == ["k2", "hubert", "k3|dev=" + str(store["tmp"] / "no-such-manifest.jsonl")]
+    assert names == ["k2|whisper|dev=dev", "k5|hubert|dev=dev", "k3|whisper|dev=no-such-manifest"]
     with_stale = data.load_runs(edited, tracking_uri=store["uri"], include_stale=True)
-    assert len(with_stale) == 4 and with_stale.set_index("run_name").loc["k5", "in_study"] == False  # noqa: E712
+    assert len(with_stale) == 4
+    assert with_stale.set_index("run_name").loc["k5|whisper|dev=dev", "in_study"] == False  # noqa: E712
 
 
 def test_load_histories(histories, runs):
@@ -177,13 +180,14 @@ def test_parameter_mismatch_is_flagged(runs_ci):
 def test_tables_render_and_save(runs_ci, tmp_path):
     t = tables.runs_table(runs_ci)
     assert list(t.display.index) == list(runs_ci.run_name)
-    assert t.display.loc["k3|dev=" + str(Path(runs_ci.iloc[3]["data.dev"])), "state"] == "failed"
-    assert re.fullmatch(r"\d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]", t.display.loc["k2", "WER test-clean (%)"])
+    assert t.display.loc["k3|whisper|dev=no-such-manifest", "state"] == "failed"
+    assert re.fullmatch(r"\d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]", t.display.loc["k2|whisper|dev=dev", "WER test-clean (%)"])
     paths = t.save(tmp_path)
     assert all(p.stat().st_size > 0 for p in paths.values())
     assert "| run | state |" in paths["md"].read_text()
     tex = paths["tex"].read_text()
-    assert "\\begin{tabular}" in tex and "\\_" in tex and tex.count("\\\\") == len(runs_ci) + 1
+    assert "\\begin{tabular}" in tex and tex.count("\\\\") == len(runs_ci) + 1
+    assert "_" not in tex.replace("\\_", "")  # every underscore escaped for LaTeX
     csv = pd.read_csv(paths["csv"])
     assert csv["test-clean WER %"].iloc[0] == pytest.approx(100 * runs_ci["test/test-clean/wer"].iloc[0])
 
@@ -218,7 +222,9 @@ def test_paper_numbers_beside_ours(runs_ci):
     like["adapter.k"] = 2
     assert "paper WER" not in tables.table5(like).display.columns
     t4 = tables.table4(like)
-    assert t4.display.index.tolist() == ["Vicuna-7B-v1.5 (k2)", "Vicuna-7B-v1.5 (k5)", "Vicuna-7B-v1.5 (hubert)"]
+    assert t4.display.index.tolist() == [
+        "Vicuna-7B-v1.5 (k2|whisper|dev=dev)", "Vicuna-7B-v1.5 (k5|whisper|dev=dev)", "Vicuna-7B-v1.5 (k5|hubert|dev=dev)"
+    ]
 
 
 def test_pivot_refuses_to_hide_a_varying_axis(runs_ci):
