@@ -27,6 +27,7 @@ from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from analysis.tables import _hashable, _missing, axis_label, test_splits
 from harness.emergence import smooth
@@ -301,7 +302,14 @@ def _wer_lines(
                         ax.annotate(str(rn), (xv, yv), fontsize=6.5, xytext=(3, 3), textcoords="offset points",
                                     color="0.3")
             if log_x:
-                ax.set_xscale("log")
+                # Log scale only where the values span more than a decade; label in millions either way
+                # (matplotlib's minor log labels pile up on a narrow range).
+                values = fin[x].dropna()
+                if len(values) and values.min() > 0 and values.max() / values.min() > 10:
+                    ax.set_xscale("log")
+                    ax.xaxis.set_minor_formatter(NullFormatter())
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g}M"))
+                ax.margins(x=0.15)  # points (and their error bars) off the frame
             elif x == "adapter.k":
                 ax.set_xticks(sorted(fin[x].unique()))
             ax.set(xlabel=xlabel, ylabel="WER (%)", title=s)
