@@ -23,7 +23,7 @@ def friendly(fn):
 
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, ModelLoadError, RegistryError, ManifestError, AudioError, FileNotFoundError) as e:
+        except (ConfigError, ModelLoadError, RegistryError, ManifestError, AudioError, FileNotFoundError, ConnectionError) as e:
             raise HarnessError(str(e)) from e
 
     return wrapper

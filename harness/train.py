@@ -149,6 +149,12 @@ class Trainer:
     def _setup_data(self) -> Datasets:
         d = self.cfg.data
         self._skipped: dict[str, int] = {}
+        for key, path in [("data.train", d.train), ("data.dev", d.dev), *((f"data.test.{k}", v) for k, v in d.test.items())]:
+            if not Path(path).is_file():
+                raise FileNotFoundError(
+                    f"{key}: manifest {path} not found (make one with `harness data synth`, "
+                    "`harness data librispeech ROOT` or `harness quickstart`)"
+                )
         keep = lambda utts, name: self._filter_long(utts, name)  # noqa: E731
         train = keep(read_manifest(d.train), "train")
         if d.max_train_utterances is not None:
