@@ -41,6 +41,38 @@ from harness.tracking import LocalTracker, Tracker
 log = logging.getLogger("harness.train")
 
 
+class _GracefulStop:
+    """SIGINT/SIGTERM during training set a flag that the loop checks between steps: the current
+    step finishes and is logged, a checkpoint is written, then the run stops. (An asynchronous
+    KeyboardInterrupt could land between an optimizer step and its bookkeeping.) A second signal
+    stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, object] = {}
+
+    def _handler(self, signum, frame) -> None:  # noqa: ARG002
+        if self.requested:
+            raise KeyboardInterrupt(f"signal {signum} (second)")
+        self.requested = True
+        log.warning("signal %d: stopping after this step (checkpoint first); send it again to stop at once", signum)
+
+    def __enter__(self) -> "_GracefulStop":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
@@ -258,30 +290,39 @@ class Trainer:
         self._order_cache: dict[int, list[list[int]]] = {}
         self.model.train()
         bar = tqdm(total=t.max_steps, initial=self.state.step, desc="train", unit="step", disable=not self.progress)
+        stop = _GracefulStop()
         try:
-            while self.state.step < t.max_steps and not self.state.stopped_early:
-                metrics = self._train_step()
-                self.state.step += 1
-                self.state.acc_history.append(metrics["train/acc"])
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/acc']:.3f}")
-                if self.state.step % t.log_every == 0:
-                    self.tracker.log_metrics(metrics, step=self.state.step)
-                if t.eval_every and self.state.step % t.eval_every == 0 and self.state.step < t.max_steps:
-                    dev = self._evaluate() if self.dist.is_main else {}
-                    self.state.stopped_early = self.dist.sum(float(self.state.stopped_early)) > 0
-                    if self.on_evaluate is not None:
-                        self.save_checkpoint()  # what the callback decides on is kept, whatever it decides
-                        self.on_evaluate(self.state.step, dev)
-                if self.state.step % t.checkpoint_every == 0:
-                    self.save_checkpoint()
+            with stop:
+                self._loop(bar, stop)
         except KeyboardInterrupt:
-            # SIGINT (or SIGTERM turned into it by the CLI): keep everything done so far.
+            # SIGINT/SIGTERM (graceful, between steps) or a second signal: keep everything done so far.
             self.save_checkpoint()
             raise
         finally:
             bar.close()
         return self.finish()
+
+    def _loop(self, bar, stop: _GracefulStop) -> None:
+        t = self.cfg.train
+        while self.state.step < t.max_steps and not self.state.stopped_early:
+            if stop.requested:
+                raise KeyboardInterrupt("stop requested")
+            # one optimizer step and its bookkeeping
+            metrics = self._train_step()
+            self.state.step += 1
+            self.state.acc_history.append(metrics["train/acc"])
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/acc']:.3f}")
+            if self.state.step % t.log_every == 0:
+                self.tracker.log_metrics(metrics, step=self.state.step)
+            if t.eval_every and self.state.step % t.eval_every == 0 and self.state.step < t.max_steps:
+                dev = self._evaluate() if self.dist.is_main else {}
+                self.state.stopped_early = self.dist.sum(float(self.state.stopped_early)) > 0
+                if self.on_evaluate is not None:
+                    self.save_checkpoint()  # what the callback decides on is kept, whatever it decides
+                    self.on_evaluate(self.state.step, dev)
+            if self.state.step % t.checkpoint_every == 0:
+                self.save_checkpoint()
 
     def _train_step(self) -> dict[str, float]:
         t = self.cfg.train
