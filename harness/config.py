@@ -150,8 +150,26 @@ class TrainConfig:
     """Stop after this many evaluations without a better dev loss (``None``: never)."""
     checkpoint_every: int = 50
     """Write a resumable checkpoint every N optimizer steps."""
+    order: Literal["shuffle", "short_first"] = "shuffle"
+    """Data order: every epoch shuffled, or ``short_first``: the first epoch runs from the shortest
+    utterances to the longest (a length curriculum), later epochs are shuffled."""
     device: str = "auto"
     """``auto`` (cuda when available), ``cpu`` or ``cuda[:i]``."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """``auto``: bf16 autocast on CUDA, fp32 on CPU (bf16 matmul on CPUs without AMX is ~100x slower);
+    ``bf16``: autocast to bf16 on any device; ``fp32``: no autocast."""
+    compile: bool = False
+    """``torch.compile`` the LLM's decoder and the projector (dynamic shapes; the first steps compile)."""
+    gradient_checkpointing: bool = False
+    """Recompute the LLM's (and a trainable encoder's) layer activations in the backward pass instead
+    of storing them: less memory, about one more forward pass of time."""
+    full_vocab_logits: bool = False
+    """Apply the LM head at every position, as the reference code does, instead of only where there is a
+    label. Same loss and gradients, much slower: it exists to benchmark against the reference settings."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """Under ``torchrun`` with several processes: ``ddp`` keeps a whole LLM per rank and all-reduces the
+    trainable gradients; ``fsdp`` also shards the frozen LLM's weights across ranks (FSDP2), for LLMs
+    that do not fit one device. Ignored in a single process."""
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from harness import distributed
 from harness.config import RunConfig, config_hash, flatten, to_yaml
-from harness.data.batching import batches_by_count, batches_by_duration
+from harness.data.batching import batches_by_count, batches_by_duration, batches_shortest_first
 from harness.data.manifest import Utterance, check_audio_files, read_manifest
 from harness.emergence import find_emergence, plot_curve
 from harness.decode import evaluate_split, speech_frames, teacher_forced, transcribe
@@ -224,7 +224,16 @@ class Trainer:
         return kept
 
     def _setup_model(self) -> SpeechLLM:
-        return build_model(self.cfg, device=self.device)
+        model = build_model(self.cfg, device=self.device)
+        if self.cfg.train.compile:
+            model.compile_for_training()
+        return model
+
+    def _autocast(self) -> torch.autocast:
+        """bf16 autocast where it pays (CUDA by default), fp32 otherwise."""
+        p = self.cfg.train.precision
+        bf16 = p == "bf16" or (p == "auto" and self.device.type == "cuda")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def _setup_features(self) -> FeatureCache | None:
         """The frozen encoder's frames for every split, computed once (shared by all runs)."""
@@ -262,6 +271,10 @@ class Trainer:
     # ------------------------------------------------------------------ data order
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         t = self.cfg.train
+        if t.order == "short_first" and epoch == 0:
+            if t.batch_seconds is not None:
+                return batches_shortest_first(self.data.train, max_seconds=t.batch_seconds)
+            return batches_shortest_first(self.data.train, batch_size=t.batch_size)
         if t.batch_seconds is not None:
             return batches_by_duration(self.data.train, t.batch_seconds, shuffle=True, seed=t.seed, epoch=epoch)
         return batches_by_count(self.data.train, t.batch_size, shuffle=True, seed=t.seed, epoch=epoch)
@@ -335,7 +348,8 @@ class Trainer:
             if not batch:
                 continue
             frames, lengths = speech_frames(self.model, batch, self.features)
-            out = self.model.forward_frames(frames, lengths, [u.text for u in batch])
+            with self._autocast():
+                out = self.model.forward_frames(frames, lengths, [u.text for u in batch])
             # Token-weighted over the whole accumulated step, as one big batch would be.
             (out["loss"] * (int(out["tokens"]) / total_tokens)).backward()
             loss_sum += float(out["loss"].detach()) * int(out["tokens"])
@@ -366,8 +380,9 @@ class Trainer:
     def _evaluate(self, *, record: bool = True) -> dict[str, float]:
         t = self.cfg.train
         dev = self.data.dev[: t.eval_utterances]
-        tf = teacher_forced(self.model, dev, batch_size=max(t.batch_size, 1), features=self.features)
-        hyps = transcribe(self.model, dev, self.cfg.decode, desc="dev", progress=self.progress, features=self.features)
+        with self._autocast():
+            tf = teacher_forced(self.model, dev, batch_size=max(t.batch_size, 1), features=self.features)
+            hyps = transcribe(self.model, dev, self.cfg.decode, desc="dev", progress=self.progress, features=self.features)
         wer, _ = word_errors([u.text for u in dev], hyps, normaliser=self.cfg.decode.normaliser)
         metrics = {"dev/loss": tf["loss"], "dev/acc": tf["acc"], "dev/wer": wer.wer}
         if record:
@@ -390,7 +405,8 @@ class Trainer:
             return RunResult(self.out_dir, self.hash, self.state, {})
         final = dict(self._evaluate(record=False))  # logged below with the other final metrics
         for name, utts in self.data.tests.items():
-            res = evaluate_split(self.model, name, utts, self.cfg.decode, progress=self.progress, features=self.features)
+            with self._autocast():
+                res = evaluate_split(self.model, name, utts, self.cfg.decode, progress=self.progress, features=self.features)
             final.update(res.wer.as_metrics(f"test/{name}"))
             self._write_rows(name, res.rows)
             self.tracker.log_table(res.rows, f"transcripts/{name}.json")

@@ -101,3 +101,26 @@ def batches_by_duration(
     if shuffle:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
+
+
+def batches_shortest_first(
+    utts: Sequence[Utterance],
+    *,
+    batch_size: int | None = None,
+    max_seconds: float | None = None,
+) -> list[list[int]]:
+    """A length curriculum: batches from the shortest utterances to the longest, by count or by seconds.
+
+    Exactly one of ``batch_size`` / ``max_seconds``. Ties keep manifest order, so the result is deterministic.
+    """
+    if (batch_size is None) == (max_seconds is None):
+        raise ValueError("give exactly one of batch_size or max_seconds")
+    durations = np.array([u.duration for u in utts], dtype=np.float64)
+    order = np.argsort(durations, kind="stable")
+    if batch_size is not None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    if max_seconds <= 0:
+        raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
+    return _cut(order, durations, max_seconds, None)

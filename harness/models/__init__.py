@@ -62,4 +62,7 @@ def build_model(cfg: RunConfig, *, device: torch.device | str = "cpu") -> Speech
         encoder, projector, llm, Prompt(tokenizer, cfg.llm),
         train_encoder=cfg.encoder.trainable, output_norm=cfg.adapter.output_norm,
     )
+    model.full_vocab_logits = cfg.train.full_vocab_logits
+    if cfg.train.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
     return model.to(device)

@@ -84,6 +84,8 @@ class SpeechLLM(nn.Module):
         self.encoder, self.projector, self.llm, self.prompt = encoder, projector, llm, prompt
         self.train_encoder = train_encoder
         self.output_norm = output_norm
+        self.full_vocab_logits = False  # True: the reference code's LM head over every position (benchmarks)
+        self.gradient_checkpointing = False
         emb = llm.get_input_embeddings()
         with torch.no_grad():
             # Typical RMS of a token embedding as the LLM sees it (Gemma scales its embeddings).
@@ -145,14 +147,20 @@ class SpeechLLM(nn.Module):
         The LM head is applied only at positions that predict a label: with a 49k-token vocabulary
         the full-vocabulary logits of every prompt and speech position are most of the step's cost.
         """
-        decoder = self.llm.get_decoder()
+        decoder = self.__dict__.get("_compiled_decoder")
+        if decoder is None:
+            decoder = self.llm.get_decoder()
         hidden = decoder(
             inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask, position_ids=inputs.position_ids,
             use_cache=False,
         ).last_hidden_state  # B, L, H
         labels = inputs.labels[:, 1:]  # position t predicts token t+1
         sel = labels != IGNORE
-        logits = self.llm.get_output_embeddings()(hidden[:, :-1][sel])  # N, V
+        head = self.llm.get_output_embeddings()
+        if self.full_vocab_logits:  # B, L-1, H -> B, L-1, V, then keep the N labelled rows
+            logits = head(hidden[:, :-1])[sel]
+        else:  # N, H -> N, V
+            logits = head(hidden[:, :-1][sel])
         cap = getattr(self.llm.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
@@ -213,9 +221,32 @@ class SpeechLLM(nn.Module):
             "params/llm": count(self.llm),
         }
 
+    def compile_for_training(self) -> None:
+        """``torch.compile`` the decoder as the training loss calls it (dynamic shapes) and the projector.
+        Generation keeps the eager decoder: its growing KV cache would recompile at every length."""
+        # Kept outside the module tree: a registered compiled copy would duplicate the LLM's state_dict keys.
+        self.__dict__["_compiled_decoder"] = torch.compile(self.llm.get_decoder(), dynamic=True)
+        self.projector.compile(dynamic=True)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute layer activations in backward (Hugging Face's per-layer checkpointing, non-reentrant)."""
+        from transformers import PreTrainedModel
+
+        for m in [self.llm, *(self.encoder.modules() if self.train_encoder else ())]:
+            if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing:
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.gradient_checkpointing = True
+        self.train(self.training)
+
     def train(self, mode: bool = True) -> "SpeechLLM":
         # Frozen parts stay in eval mode (no dropout) whatever the trainer asks.
         super().train(mode)
         self.encoder.train(mode and self.train_encoder)
         self.llm.train(mode and any(p.requires_grad for p in self.llm.parameters()))
+        if self.gradient_checkpointing:
+            # HF checkpoints a layer only while that layer is in training mode; flip just the layer's own
+            # flag (not its children's), so a frozen LLM keeps its dropout off and still recomputes.
+            for m in self.modules():
+                if getattr(m, "gradient_checkpointing", False) is True and hasattr(m, "_gradient_checkpointing_func"):
+                    m.training = mode
         return self
