@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.config import DecodeConfig
+from harness.distributed import Dist
 from harness.data.audio import load_audio
 from harness.data.manifest import Utterance
 from harness.metrics import WERResult, word_errors
@@ -28,11 +29,11 @@ def speech_frames(
     return model.encode([load_audio(u.audio) for u in utts])
 
 
-def _max_new_tokens(utts: Sequence[Utterance], cfg: DecodeConfig) -> int:
+def _token_cap(utt: Utterance, cfg: DecodeConfig) -> int:
+    """Most tokens this utterance may generate: a per-utterance cap, so batching never changes a transcript."""
     if cfg.tokens_per_second is None:
         return cfg.max_new_tokens
-    longest = max(u.duration for u in utts)
-    return min(cfg.max_new_tokens, int(math.ceil(longest * cfg.tokens_per_second)) + 16)
+    return min(cfg.max_new_tokens, int(math.ceil(utt.duration * cfg.tokens_per_second)) + 16)
 
 
 def transcribe(
@@ -43,31 +44,35 @@ def transcribe(
     desc: str = "decode",
     progress: bool = True,
     features: "FeatureCache | None" = None,
+    dist: Dist | None = None,
 ) -> list[str]:
     """Greedy or beam-search transcripts, in the order of ``utts``.
 
     Utterances are sorted by duration into batches (less padding, similar output lengths), then
     put back in order; the model's padding masks and position ids make the batch composition
-    irrelevant to the result.
+    irrelevant to the result. Under several processes (``dist``) every rank decodes its slice of
+    each batch, generation is kept in step across ranks, and every rank returns all transcripts.
     """
+    dist = dist or Dist()
     order = sorted(range(len(utts)), key=lambda i: utts[i].duration)
-    hyps: list[str] = [""] * len(utts)
+    mine: dict[int, str] = {}
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(utts), desc=desc, unit="utt", disable=not progress, leave=False)
     try:
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
+        for idx, real in dist.batches(order, cfg.batch_size):
             batch = [utts[i] for i in idx]
             frames, lengths = speech_frames(model, batch, features)
-            out = model.generate_frames(frames, lengths, beam=cfg.beam, max_new_tokens=_max_new_tokens(batch, cfg))
-            for i, h in zip(idx, out):
-                hyps[i] = h
-            bar.update(len(idx))
+            caps = [_token_cap(u, cfg) for u in batch]
+            out = model.generate_frames(frames, lengths, beam=cfg.beam, max_new_tokens=caps, synced=dist.enabled)
+            if real:
+                mine.update(zip(idx, out))
+            bar.update(len(idx) * dist.world)
     finally:
         bar.close()
         model.train(was_training)
-    return hyps
+    hyps = dist.merge(mine)
+    return [hyps[i] for i in range(len(utts))]
 
 
 @dataclass
@@ -85,8 +90,9 @@ def evaluate_split(
     *,
     progress: bool = True,
     features: "FeatureCache | None" = None,
+    dist: Dist | None = None,
 ) -> SplitResult:
-    hyps = transcribe(model, utts, cfg, desc=f"decode {name}", progress=progress, features=features)
+    hyps = transcribe(model, utts, cfg, desc=f"decode {name}", progress=progress, features=features, dist=dist)
     refs = [u.text for u in utts]
     wer, per_utt = word_errors(refs, hyps, normaliser=cfg.normaliser)
     rows = [
@@ -98,21 +104,30 @@ def evaluate_split(
 
 @torch.no_grad()
 def teacher_forced(
-    model: SpeechLLM, utts: Sequence[Utterance], *, batch_size: int, features: "FeatureCache | None" = None
+    model: SpeechLLM,
+    utts: Sequence[Utterance],
+    *,
+    batch_size: int,
+    features: "FeatureCache | None" = None,
+    dist: Dist | None = None,
 ) -> dict[str, float]:
-    """Loss and next-token accuracy over the transcript tokens of ``utts`` (token-weighted)."""
+    """Loss and next-token accuracy over the transcript tokens of ``utts`` (token-weighted; under
+    several processes each rank takes a slice of every batch and the sums are combined)."""
+    dist = dist or Dist()
     was_training = model.training
     model.eval()
     loss_sum, correct, tokens = 0.0, 0, 0
     try:
-        for start in range(0, len(utts), batch_size):
-            batch = utts[start : start + batch_size]
+        for idx, real in dist.batches(list(range(len(utts))), batch_size):
+            batch = [utts[i] for i in idx]
             frames, lengths = speech_frames(model, batch, features)
             out = model.forward_frames(frames, lengths, [u.text for u in batch])
-            n = int(out["tokens"])
-            loss_sum += float(out["loss"]) * n
-            correct += int(out["correct"])
-            tokens += n
+            if real:
+                n = int(out["tokens"])
+                loss_sum += float(out["loss"]) * n
+                correct += int(out["correct"])
+                tokens += n
     finally:
         model.train(was_training)
+    loss_sum, correct, tokens = dist.sum(loss_sum), dist.sum(correct), dist.sum(tokens)
     return {"loss": loss_sum / max(tokens, 1), "acc": correct / max(tokens, 1)}

@@ -6,7 +6,10 @@ rank walks the same global batch order and takes its slice of each global batch;
 token-weighted over the *global* batch (each rank knows every transcript of it), so the summed
 gradients equal those of one process training on the whole global batch.
 
-Rank 0 alone writes checkpoints, logs metrics and decodes the test splits; the others wait.
+With ``train.parallel=fsdp`` the frozen LLM's weights are also sharded across the ranks (FSDP2),
+for LLMs that do not fit one device. Evaluation and decoding are shared by all ranks either way
+(each takes a slice of every batch, generation is kept in step), and rank 0 alone writes
+checkpoints, logs metrics and writes transcripts.
 """
 from __future__ import annotations
 
@@ -57,6 +60,44 @@ class Dist:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+    def merge(self, part: dict) -> dict:
+        """Every rank's dict merged into one, on every rank."""
+        if not self.enabled:
+            return part
+        parts: list[dict] = [{} for _ in range(self.world)]
+        dist.all_gather_object(parts, part)
+        return {k: v for p in parts for k, v in p.items()}
+
+    def batches(self, order: list[int], batch_size: int) -> list[tuple[list[int], bool]]:
+        """This rank's share of ``order`` for evaluation: its round-robin slice of each global batch of
+        ``batch_size * world`` items, as ``(indices, real)``. Every rank gets the same number of batches:
+        with sharded weights (FSDP) every forward pass needs every rank, so a rank whose slice of the
+        last global batch is empty gets a one-item stand-in (``real=False``) whose result is dropped."""
+        step = batch_size * self.world
+        out = []
+        for start in range(0, len(order), step):
+            group = order[start : start + step]
+            mine = group[self.rank :: self.world]
+            out.append((mine, True) if mine else ([group[0]], False))
+        return out
+
+
+def shard_llm(llm: torch.nn.Module) -> None:
+    """FSDP2: shard a frozen LLM's decoder layers across the ranks, one unit per layer.
+
+    The decoder is the root unit: the training loss calls it directly, and generation reaches it
+    through the LLM's own forward. Token embeddings and the LM head stay whole on every rank: the
+    SpeechLLM calls them outside the decoder (to splice the prompt, and to score only labelled
+    positions), many LLMs tie them, and for a 7B LLM they are a few percent of the weights.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    decoder = llm.get_decoder()
+    whole = {*llm.get_input_embeddings().parameters(), *llm.get_output_embeddings().parameters()}
+    for layer in decoder.layers:
+        fully_shard(layer)
+    fully_shard(decoder, ignored_params=whole)  # the final norm (and rotary buffers)
 
 
 def from_env(device: torch.device) -> Dist:

@@ -170,6 +170,9 @@ class Trainer:
             self.tracker.set_tags({"config_hash": self.hash})
             for name, value in self.model.param_counts().items():
                 self.tracker.log_metrics({name: float(value)}, step=0)
+            if self.dist.enabled:  # what one rank holds of the LLM: all of it (DDP) or its shard (FSDP)
+                local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in self.model.llm.parameters())
+                self.tracker.log_metrics({"dist/world_size": float(self.dist.world), "dist/llm_params_per_rank": float(local)}, step=0)
 
     def _check_out_dir(self) -> None:
         path = self.out_dir / "config.yaml"
@@ -225,6 +228,10 @@ class Trainer:
 
     def _setup_model(self) -> SpeechLLM:
         model = build_model(self.cfg, device=self.device)
+        if self.dist.enabled and self.cfg.train.parallel == "fsdp":
+            if any(p.requires_grad for p in model.llm.parameters()):
+                raise ValueError("train.parallel=fsdp shards a frozen LLM; it does not support llm.lora.enabled=true yet")
+            distributed.shard_llm(model.llm)
         if self.cfg.train.compile:
             model.compile_for_training()
         return model
@@ -329,8 +336,7 @@ class Trainer:
             if self.state.step % t.log_every == 0:
                 self.tracker.log_metrics(metrics, step=self.state.step)
             if t.eval_every and self.state.step % t.eval_every == 0 and self.state.step < t.max_steps:
-                dev = self._evaluate() if self.dist.is_main else {}
-                self.state.stopped_early = self.dist.sum(float(self.state.stopped_early)) > 0
+                dev = self._evaluate()  # every rank takes part and gets the same numbers
                 if self.on_evaluate is not None:
                     self.save_checkpoint()  # what the callback decides on is kept, whatever it decides
                     self.on_evaluate(self.state.step, dev)
@@ -381,13 +387,15 @@ class Trainer:
         t = self.cfg.train
         dev = self.data.dev[: t.eval_utterances]
         with self._autocast():
-            tf = teacher_forced(self.model, dev, batch_size=max(t.batch_size, 1), features=self.features)
-            hyps = transcribe(self.model, dev, self.cfg.decode, desc="dev", progress=self.progress, features=self.features)
+            tf = teacher_forced(self.model, dev, batch_size=max(t.batch_size, 1), features=self.features, dist=self.dist)
+            hyps = transcribe(self.model, dev, self.cfg.decode, desc="dev", progress=self.progress and self.dist.is_main,
+                              features=self.features, dist=self.dist)
         wer, _ = word_errors([u.text for u in dev], hyps, normaliser=self.cfg.decode.normaliser)
         metrics = {"dev/loss": tf["loss"], "dev/acc": tf["acc"], "dev/wer": wer.wer}
         if record:
             self.tracker.log_metrics(metrics, step=self.state.step)
-        log.info("step %d: dev loss %.4f acc %.4f wer %.2f%%", self.state.step, tf["loss"], tf["acc"], 100 * wer.wer)
+        if self.dist.is_main:
+            log.info("step %d: dev loss %.4f acc %.4f wer %.2f%%", self.state.step, tf["loss"], tf["acc"], 100 * wer.wer)
         if tf["loss"] < self.state.best_dev_loss:
             self.state.best_dev_loss, self.state.evals_without_improvement = tf["loss"], 0
         else:
@@ -400,13 +408,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ the end
     def finish(self) -> RunResult:
-        if not self.dist.is_main:
-            self.dist.barrier()  # rank 0 decodes and saves
-            return RunResult(self.out_dir, self.hash, self.state, {})
+        # Every rank decodes its share of each split; rank 0 alone writes, logs and saves.
         final = dict(self._evaluate(record=False))  # logged below with the other final metrics
+        splits = {}
         for name, utts in self.data.tests.items():
             with self._autocast():
-                res = evaluate_split(self.model, name, utts, self.cfg.decode, progress=self.progress, features=self.features)
+                splits[name] = evaluate_split(self.model, name, utts, self.cfg.decode, features=self.features,
+                                              progress=self.progress and self.dist.is_main, dist=self.dist)
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return RunResult(self.out_dir, self.hash, self.state, {})
+        for name, res in splits.items():
             final.update(res.wer.as_metrics(f"test/{name}"))
             self._write_rows(name, res.rows)
             self.tracker.log_table(res.rows, f"transcripts/{name}.json")

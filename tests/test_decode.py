@@ -10,7 +10,7 @@ import torch
 from conftest import audio, tiny_config
 from harness.config import DecodeConfig
 from harness.data.manifest import Utterance
-from harness.decode import _max_new_tokens, evaluate_split, teacher_forced, transcribe
+from harness.decode import _token_cap, evaluate_split, teacher_forced, transcribe
 from harness.metrics import word_errors
 from harness.models import build_model
 
@@ -83,15 +83,21 @@ def test_max_new_tokens_is_respected(trained, utts, greedy_alone) -> None:
             assert len(out) <= 3
 
 
-def test_token_cap_from_duration(trained, utts) -> None:
+def test_token_cap_from_duration_is_per_utterance(trained, utts) -> None:
     cfg = DecodeConfig(max_new_tokens=200, tokens_per_second=2.0)
-    longest = max(u.duration for u in utts)
-    assert _max_new_tokens(utts, cfg) == math.ceil(longest * 2.0) + 16
-    assert _max_new_tokens(utts, replace(cfg, max_new_tokens=10)) == 10
-    assert _max_new_tokens(utts, replace(cfg, tokens_per_second=None)) == 200
-    # The cap applies in transcribe: the batch of the longest utterance gets ceil(4.9 * 2) + 16 = 26 tokens.
-    hyps = transcribe(trained, utts, replace(cfg, batch_size=16), progress=False)
-    assert max(len(h) for h in hyps) <= math.ceil(longest * 2.0) + 16
+    for u in utts:
+        assert _token_cap(u, cfg) == math.ceil(u.duration * 2.0) + 16
+        assert _token_cap(u, replace(cfg, max_new_tokens=10)) == 10
+        assert _token_cap(u, replace(cfg, tokens_per_second=None)) == 200
+    # Each utterance gets its own cap inside a batch, so batching cannot change a greedy transcript.
+    cfg = replace(cfg, tokens_per_second=0.5)  # caps of 17 to 19 tokens: below what the model says
+    batched = transcribe(trained, utts, replace(cfg, batch_size=16), progress=False)
+    alone = [transcribe(trained, [u], replace(cfg, batch_size=1), progress=False)[0] for u in utts]
+    assert batched == alone
+    for h, u in zip(batched, utts):
+        assert len(h) <= _token_cap(u, cfg)  # one character per token in the tiny tokenizer
+    uncapped = transcribe(trained, utts, replace(cfg, tokens_per_second=None, max_new_tokens=MAX_NEW), progress=False)
+    assert any(len(full) > _token_cap(u, cfg) for full, u in zip(uncapped, utts))  # so the caps did cut
 
 
 def test_evaluate_split_rows_and_wer(trained, utts, greedy_alone) -> None:

@@ -188,23 +188,35 @@ class SpeechLLM(nn.Module):
 
     @torch.no_grad()
     def generate_frames(
-        self, frames: torch.Tensor, lengths: torch.Tensor, *, beam: int = 1, max_new_tokens: int = 200
+        self, frames: torch.Tensor, lengths: torch.Tensor, *, beam: int = 1, max_new_tokens: int | list[int] = 200,
+        synced: bool = False,
     ) -> list[str]:
+        """Transcripts of a batch of encoder frames.
+
+        ``max_new_tokens`` may be one cap per utterance: the batch runs to the largest and each row is
+        cut at its own. For greedy decoding that is exactly what decoding the row alone gives (rows never
+        influence each other); for beam search a longer horizon can rank a row's beams differently, so
+        there the cap only bounds a model that has not learned to stop.
+        ``synced``: keep stepping until every process is done (sharded weights need all ranks in each pass).
+        """
+        caps = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * frames.shape[0]
         speech, speech_lens = self.project(frames, lengths)
         inputs = self.build_inputs(speech, speech_lens, None, left_pad=True)
         out = self.llm.generate(
             inputs_embeds=inputs.embeds,
             attention_mask=inputs.attention_mask,
             position_ids=inputs.position_ids,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=max(caps),
             num_beams=beam,
             do_sample=False,
+            synced_gpus=synced,
             eos_token_id=self.prompt.eos_id,
             pad_token_id=self.prompt.pad_id,
             # The checkpoint's own generation config may ask for sampling or penalties; ASR wants none.
             temperature=None, top_p=None, top_k=None, repetition_penalty=None,
         )
-        return [t.strip() for t in self.prompt.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        rows = [row[:cap] for row, cap in zip(out.tolist(), caps)]  # only new tokens: the input was embeddings
+        return [t.strip() for t in self.prompt.tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
     # ---------------------------------------------------------------- what trains
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
