@@ -362,6 +362,32 @@ def report(study_file: str, out: str | None, tracking_uri: str | None) -> None:
     click.echo(f"report: {path}")
 
 
+@main.command()
+@click.option("--steps", default=30, show_default=True, help="Training steps per variant (ours and the reference settings).")
+@click.option("--warmup", default=2, show_default=True, help="First steps of each variant left out of the timing.")
+@click.option("--encoder", default="pack:whisper-tiny.en", show_default=True)
+@click.option("--llm", default="pack:smollm2-135m-instruct", show_default=True)
+@click.option("--train", "train_manifest", default="data/synth/train.jsonl", show_default=True)
+@click.option("--dev", "dev_manifest", default="data/synth/dev.jsonl", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", default="outputs/bench", show_default=True, type=click.Path(file_okay=False))
+@_friendly
+def bench(steps: int, warmup: int, encoder: str, llm: str, train_manifest: str, dev_manifest: str, device: str, out: str) -> None:
+    """Measure training and decoding side by side with the reference code's settings; write JSON + table."""
+    from harness.bench import BenchSetup, run_bench, table
+
+    for path in (train_manifest, dev_manifest):
+        if not Path(path).is_file():
+            raise click.ClickException(f"manifest {path} not found (make the corpus with `harness quickstart` or `harness data synth`)")
+    if steps <= warmup:
+        raise click.ClickException(f"--steps ({steps}) must exceed --warmup ({warmup})")
+    setup = BenchSetup(train=train_manifest, dev=dev_manifest, encoder=encoder, llm=llm, steps=steps, warmup=warmup,
+                       device=device, workdir=str(Path(out) / "work"))
+    result = run_bench(setup, out=out)
+    click.echo(table(result))
+    click.echo(f"written: {Path(out) / 'bench.json'}, {Path(out) / 'bench.md'}")
+
+
 def _fmt_emergence(metrics: dict[str, float]) -> str:
     if "emergence_step" in metrics:
         return f"step {int(metrics['emergence_step'])}"

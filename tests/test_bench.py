@@ -1,0 +1,82 @@
+"""The benchmark's FLOP count matches PyTorch's own counter; the benchmark runs end to end."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import audio, tiny_config
+from harness.bench import BenchSetup, run_bench
+from harness.data.manifest import write_manifest
+from harness.flops import step_flops
+from harness.models import build_model
+
+
+def test_step_flop_count_equals_pytorchs_counter(utts_by_duration) -> None:
+    """One unpadded utterance, eager attention (plain matmuls the counter sees): forward + backward
+    of a training step costs exactly what the shape formula says."""
+    model = build_model(tiny_config("adapter.hidden=48"))
+    model.llm.set_attn_implementation("eager")
+    model.train()
+    utt = utts_by_duration[2]
+    with torch.no_grad():
+        frames, lengths = model.encode([audio(utt)])
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = model.forward_frames(frames, lengths, [utt.text])
+        out["loss"].backward()
+    counted = counter.get_total_flops()
+
+    speech = int(model.projector.output_lengths(lengths)[0])
+    target = len(model.prompt.target_ids(utt.text))
+    seq = len(model.prompt.prefix_ids) + speech + len(model.prompt.suffix_ids) + target
+    p = model.projector
+    ours = step_flops(model.llm.config, seq_lens=[seq], labelled=[target], speech_tokens=[speech],
+                      projector_dims=(p.fc1.in_features, p.fc1.out_features, p.fc2.out_features), causal=False)
+    assert ours.total == pytest.approx(counted, rel=1e-3), (ours.as_dict(), counted)
+    # Causal attention (what is useful) is a bit more than half the dense count.
+    causal = step_flops(model.llm.config, seq_lens=[seq], labelled=[target], speech_tokens=[speech],
+                        projector_dims=(p.fc1.in_features, p.fc1.out_features, p.fc2.out_features))
+    assert causal.attention == pytest.approx(ours.attention * (seq + 1) / (2 * seq))
+    assert causal.llm_linear == ours.llm_linear and causal.lm_head == ours.lm_head
+
+
+def test_forward_only_count_is_a_third_to_a_half_of_the_step() -> None:
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                      num_hidden_layers=2, vocab_size=100)
+    args = dict(seq_lens=[20, 30], labelled=[5, 6], speech_tokens=[8, 12], projector_dims=(80, 32, 64))
+    fwd, step = step_flops(cfg, backward=False, **args), step_flops(cfg, **args)
+    assert step.llm_linear == 2 * fwd.llm_linear  # frozen weights: input gradients only
+    assert step.attention == 3 * fwd.attention
+    assert fwd.total * 2 <= step.total <= fwd.total * 3
+
+
+def test_bench_runs_end_to_end_on_tiny_models(tmp_path: Path, libri, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    utts = sorted((u for s in libri.values() for u in s), key=lambda u: u.duration)[:12]
+    write_manifest(tmp_path / "train.jsonl", utts)
+    write_manifest(tmp_path / "dev.jsonl", utts[:5])
+    setup = BenchSetup(train=str(tmp_path / "train.jsonl"), dev=str(tmp_path / "dev.jsonl"), encoder="tiny:whisper",
+                       llm="tiny:llama", steps=3, warmup=1, eval_utterances=4, decode_utterances=5, grid_utterances=8,
+                       device="cpu", workdir=str(tmp_path / "work"))
+    result = run_bench(setup, out=tmp_path / "out")
+    on_disk = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert on_disk["train"]["speedup"] == pytest.approx(result["train"]["speedup"])
+    ours, ref = result["train"]["ours"], result["train"]["reference"]
+    assert ours["config"]["input_mode"] == "native" and ours["config"]["cache"] is True
+    assert ref["config"]["input_mode"] == "pad30" and ref["config"]["full_vocab_logits"] is True
+    assert ours["timed_steps"] == ref["timed_steps"] == 2
+    for part in (ours, ref, result["grid"], result["decode"]):
+        assert part["peak_rss_gb"] > 0.1
+    assert 0 < ours["useful_flops_fraction"] and ours["matmul"]["flops_per_second"] > 1e8
+    assert {"loss", "acc", "wer"} <= set(ours["dev_after_steps"])
+    assert result["grid"]["utterances"] == 8 and result["grid"]["with_cache_seconds"] > 0
+    assert result["decode"]["identical_transcripts"] is True and result["decode"]["differing"] == []
+    assert set(result["targets"]) == {"train_speedup", "grid_cache_vs_one_pass", "decode_speedup", "useful_flops_fraction"}
+    md = (tmp_path / "out" / "bench.md").read_text()
+    assert "reference settings" in md and "identical" in md
