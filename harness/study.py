@@ -47,10 +47,11 @@ class Cell:
     values: dict[str, Any]  # axis key -> value (only the keys the study varies)
     config: RunConfig
     hash: str
+    name: str = ""  # the MLflow run name (see :func:`run_name`)
 
-    @property
-    def name(self) -> str:
-        return run_name(self.values)
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", run_name(self.values))
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ def _short(key: str, value: Any) -> str:
         return "lora" if value else "no-lora"
     if key in ("adapter.projector", "llm.prompt_style", "encoder.input_mode", "llm.casing"):
         return str(value)
+    if value == "":
+        return f"{leaf}=''"
     if isinstance(value, str) and "/" in value:  # a path: its file name says enough
         return f"{leaf}={Path(value).stem}"
     return f"{leaf}={value}"
@@ -148,11 +151,14 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     for i, ex in enumerate(excludes):
         _check_mapping(ex, f"exclude[{i}]", where, f"exclude[{i}]")
     assignments = [a for a in assignments if not any(all(a.get(k) == v for k, v in ex.items()) for ex in excludes)]
+    product_keys = set(axis_keys)
+    base_cfg = build_config(_deep_copy(base), where=where)
     for i, inc in enumerate(raw.get("include") or []):
         inc = _check_mapping(inc, f"include[{i}]", where, f"include[{i}]")
         assignments.append(dict(inc))
         axis_keys.extend(k for k in inc if k not in axis_keys)
 
+    base_values = {k: get_path(base_cfg, k) for k in axis_keys}
     cells, seen = [], {}
     for values in assignments:
         cell_where = _cell_where(where, values)
@@ -166,7 +172,10 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         if h in seen:
             continue  # an include that repeats a product cell is the same run
         seen[h] = True
-        cells.append(Cell(ordered, cfg, h))
+        # Named by every product axis, plus the include-only keys where the cell leaves the base value:
+        # a one-factor-at-a-time study reads "lora", "lr=0.003", "base" rather than every key of every include.
+        shown = {k: v for k, v in ordered.items() if k in product_keys or v != base_values[k]}
+        cells.append(Cell(ordered, cfg, h, run_name(shown)))
     tracking = _check_mapping(raw.get("tracking") or {}, "tracking", where, "tracking")
     return Study(
         name=name, path=path, description=str(raw.get("description", "")), base=base,

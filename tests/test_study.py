@@ -81,6 +81,17 @@ def test_run_names_are_readable(tmp_path: Path) -> None:
     )
 
 
+def test_one_factor_at_a_time_cells_are_named_by_what_they_change(tmp_path: Path) -> None:
+    doc = {
+        "name": "ofat", "base": BASE, "axes": {"adapter.k": [5]},
+        "include": [{"train.lr": 3e-3}, {"llm.lora.enabled": True, "train.lr": 1e-3}, {"llm.system_prompt": ""}],
+    }
+    st = load_study(write(tmp_path, doc))
+    # product axes always appear; include-only keys only where the cell leaves the base value
+    assert [c.name for c in st.cells] == ["k5", "k5|lr=0.003", "k5|lora", "k5|system_prompt=''"]
+    assert all(set(c.values) == {"adapter.k", "train.lr", "llm.lora.enabled", "llm.system_prompt"} for c in st.cells)
+
+
 # ------------------------------------------------------------------------------ validation
 @pytest.mark.parametrize(
     ("text", "line", "needle"),
