@@ -371,11 +371,16 @@ def report(study_file: str, out: str | None, tracking_uri: str | None) -> None:
 @click.option("--dev", "dev_manifest", default="data/synth/dev.jsonl", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", default="outputs/bench", show_default=True, type=click.Path(file_okay=False))
+@click.pass_context
 @_friendly
-def bench(steps: int, warmup: int, encoder: str, llm: str, train_manifest: str, dev_manifest: str, device: str, out: str) -> None:
+def bench(ctx, steps: int, warmup: int, encoder: str, llm: str, train_manifest: str, dev_manifest: str, device: str, out: str) -> None:
     """Measure training and decoding side by side with the reference code's settings; write JSON + table."""
     from harness.bench import BenchSetup, run_bench, table
 
+    if train_manifest == "data/synth/train.jsonl" and not Path(train_manifest).exists():
+        click.echo("data/synth not found: synthesizing the quickstart corpus first")
+        ctx.invoke(data_synth, texts=(), out="data/synth", n_train=800, n_dev=60, n_test=60, n_test_unseen=60,
+                   seed=0, workers=os.cpu_count() or 1, voices=None, unseen_voices=None)
     for path in (train_manifest, dev_manifest):
         if not Path(path).is_file():
             raise click.ClickException(f"manifest {path} not found (make the corpus with `harness quickstart` or `harness data synth`)")
