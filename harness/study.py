@@ -152,7 +152,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         _check_mapping(ex, f"exclude[{i}]", where, f"exclude[{i}]")
     assignments = [a for a in assignments if not any(all(a.get(k) == v for k, v in ex.items()) for ex in excludes)]
     product_keys = set(axis_keys)
-    base_cfg = build_config(_deep_copy(base), where=where)
+    base_cfg = build_config(_deep_copy(base), where=_cell_where(where, {}))
     for i, inc in enumerate(raw.get("include") or []):
         inc = _check_mapping(inc, f"include[{i}]", where, f"include[{i}]")
         assignments.append(dict(inc))
