@@ -55,6 +55,25 @@ def test_batched_greedy_equals_one_by_one(trained, utts, greedy_alone) -> None:
     assert batch == greedy_alone
 
 
+def test_row_dropping_greedy_equals_transformers_generate(trained, utts) -> None:
+    """Our greedy loop (rows leave the batch when they end) writes what transformers' own greedy
+    ``generate`` writes for the same padded batch, row by row, each cut at its own cap."""
+    caps = [MAX_NEW, 3, MAX_NEW, 12, 7]
+    with torch.no_grad():
+        frames, lengths = trained.encode([audio(u) for u in utts])
+        ours = trained.generate_frames(frames, lengths, max_new_tokens=caps)
+        speech, speech_lens = trained.project(frames, lengths)
+        inputs = trained.build_inputs(speech, speech_lens, None, left_pad=True)
+        ref = trained.llm.generate(
+            inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask, position_ids=inputs.position_ids,
+            max_new_tokens=MAX_NEW, do_sample=False, eos_token_id=trained.prompt.eos_id, pad_token_id=trained.prompt.pad_id,
+        )
+    tok = trained.prompt.tokenizer
+    expected = [tok.decode(row[:cap], skip_special_tokens=True).strip() for row, cap in zip(ref.tolist(), caps)]
+    assert ours == expected
+    assert [len(h) for h in ours][1] == 3  # the caps cut (one character per token in the tiny tokenizer)
+
+
 @pytest.mark.parametrize("beam", [2, 3])
 def test_batched_beam_search_equals_one_by_one(trained, utts, beam: int) -> None:
     alone = [trained.generate([audio(u)], beam=beam, max_new_tokens=MAX_NEW)[0] for u in utts]

@@ -12,6 +12,7 @@ count only real tokens, so a padded batch computes exactly what one-by-one proce
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -202,6 +203,9 @@ class SpeechLLM(nn.Module):
         caps = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * frames.shape[0]
         speech, speech_lens = self.project(frames, lengths)
         inputs = self.build_inputs(speech, speech_lens, None, left_pad=True)
+        if beam == 1 and not synced:
+            rows = self._greedy(inputs, caps)
+            return [t.strip() for t in self.prompt.tokenizer.batch_decode(rows, skip_special_tokens=True)]
         out = self.llm.generate(
             inputs_embeds=inputs.embeds,
             attention_mask=inputs.attention_mask,
@@ -217,6 +221,50 @@ class SpeechLLM(nn.Module):
         )
         rows = [row[:cap] for row, cap in zip(out.tolist(), caps)]  # only new tokens: the input was embeddings
         return [t.strip() for t in self.prompt.tokenizer.batch_decode(rows, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def _greedy(self, inputs: LLMInputs, caps: list[int]) -> list[list[int]]:
+        """Greedy decoding with the KV cache that drops each row from the batch as soon as it ends.
+
+        A static batch keeps computing rows that have already written EOS (or reached their cap) until
+        the last row is done; here they leave the batch, and their KV-cache rows with them. Every row
+        still computes exactly what it would alone (its own mask and positions), so transcripts equal
+        one-by-one decoding. Returns each row's new tokens without the EOS.
+        """
+        from transformers import DynamicCache
+
+        B = inputs.embeds.shape[0]
+        tokens: list[list[int]] = [[] for _ in range(B)]
+        active = torch.arange(B, device=inputs.embeds.device)  # batch row -> utterance
+        mask, pos = inputs.attention_mask, inputs.position_ids[:, -1]  # left-padded: last column is real
+        # transformers renamed `past_key_values` to `cache` during 5.x; pass whichever this version takes.
+        kv = {("cache" if "cache" in inspect.signature(self.llm.forward).parameters else "past_key_values"):
+              DynamicCache(config=self.llm.config)}
+        cache = next(iter(kv.values()))
+        logits = self.llm(
+            inputs_embeds=inputs.embeds, attention_mask=mask, position_ids=inputs.position_ids,
+            use_cache=True, logits_to_keep=1, **kv,
+        ).logits[:, -1]  # A, V
+        while True:
+            nxt = logits.argmax(-1)  # A
+            keep = []
+            for j, (row, tok) in enumerate(zip(active.tolist(), nxt.tolist())):
+                if tok == self.prompt.eos_id:
+                    continue
+                tokens[row].append(tok)
+                if len(tokens[row]) < caps[row]:
+                    keep.append(j)
+            if not keep:
+                return tokens
+            if len(keep) < len(active):  # some rows ended: shrink the batch and its cache
+                idx = torch.tensor(keep, device=active.device)
+                cache.batch_select_indices(idx)
+                active, mask, pos, nxt = active[idx], mask[idx], pos[idx], nxt[idx]
+            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)  # A, L+1
+            pos = pos + 1
+            logits = self.llm(
+                input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None], use_cache=True, **kv,
+            ).logits[:, -1]
 
     # ---------------------------------------------------------------- what trains
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
