@@ -81,9 +81,16 @@ def _short(key: str, value: Any) -> str:
         return str(value)
     if value == "":
         return f"{leaf}=''"
-    if isinstance(value, str) and "/" in value:  # a path: its file name says enough
-        return f"{leaf}={Path(value).stem}"
+    if isinstance(value, str) and "/" in value:  # a path: its folder and file name say enough
+        return f"{leaf}={_short_path(value)}"
+    if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):  # e.g. data.test
+        return f"{leaf}=" + ",".join(f"{k}:{_short_path(v)}" for k, v in value.items())
     return f"{leaf}={value}"
+
+
+def _short_path(value: str) -> str:
+    path = Path(value)
+    return f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
 
 
 def run_name(values: dict[str, Any]) -> str:
