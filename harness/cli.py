@@ -399,6 +399,18 @@ def _fmt_emergence(metrics: dict[str, float]) -> str:
     return "no" if metrics.get("emerged") == 0 else "-"
 
 
+# The synthetic corpora that shipped studies read: folder -> sentence source (None: the installed book text).
+SYNTH_CORPORA: dict[str, str | None] = {
+    "data/synth": None,
+    "data/synth-digits": "studies/corpora/digits.txt",
+}
+
+
+def _manifests(cfg) -> list[str]:
+    d = cfg.data
+    return [d.train, d.dev, *d.test.values(), *d.optional_test.values()]
+
+
 @main.command()
 @click.option("--study", "study_file", default="studies/quickstart.yaml", show_default=True,
               type=click.Path(exists=True, dir_okay=False))
@@ -411,10 +423,17 @@ def _fmt_emergence(metrics: dict[str, float]) -> str:
 @_tracking_option
 @click.pass_context
 def quickstart(ctx, study_file, librispeech, texts, n_train, n_eval, tracking_uri) -> None:
-    """The main job: synthesize the corpus, index real LibriSpeech, run the quickstart study."""
-    if not Path("data/synth/train.jsonl").exists():
-        ctx.invoke(data_synth, texts=texts, out="data/synth", n_train=n_train, n_dev=n_eval, n_test=n_eval,
-                   n_test_unseen=n_eval, seed=0, workers=os.cpu_count() or 1, voices=None, unseen_voices=None)
+    """The main job: synthesize the corpora the study uses, index real LibriSpeech, run the study."""
+    from harness.study import load_study
+
+    study = load_study(study_file)
+    used = {Path(p).parent.as_posix() for c in study.cells for p in _manifests(c.config)}
+    for folder, source in SYNTH_CORPORA.items():
+        if folder in used and not Path(folder, "train.jsonl").exists():
+            sources = texts if (texts and source is None) else ((source,) if source else ())
+            click.echo(f"{folder}: synthesizing {n_train} + 3 x {n_eval} utterances from {source or 'the book text'}")
+            ctx.invoke(data_synth, texts=sources, out=folder, n_train=n_train, n_dev=n_eval, n_test=n_eval,
+                       n_test_unseen=n_eval, seed=0, workers=os.cpu_count() or 1, voices=None, unseen_voices=None)
     if Path(librispeech).is_dir():
         from harness.data.librispeech import librispeech_splits, read_librispeech
         from harness.data.manifest import write_manifest
