@@ -120,11 +120,12 @@ def _peak_memory(device: torch.device) -> dict[str, float]:
     return out
 
 
-def _config(setup: BenchSetup, variant: str, data_dir: Path):
+def _config(setup: BenchSetup, variant: str):
     from harness.config import build_config
     from harness.data.manifest import read_manifest
 
-    mean = sum(u.duration for u in read_manifest(setup.train)) / max(1, len(read_manifest(setup.train)))
+    train = read_manifest(setup.train)
+    mean = sum(u.duration for u in train) / max(1, len(train))
     common: dict[str, Any] = {
         "data": {"train": setup.train, "dev": setup.dev, "test": {"dev": setup.dev}, "scan": "off"},
         "encoder": {"name": setup.encoder},
@@ -172,7 +173,7 @@ def _part_train(setup: BenchSetup, variant: str) -> dict[str, Any]:
             return batch
 
     work = Path(setup.workdir)
-    cfg = _config(setup, variant, work)
+    cfg = _config(setup, variant)
     trainer = RecordingTrainer(cfg, work / variant, progress=False)
     t0 = time.perf_counter()
     trainer.setup()
@@ -264,7 +265,7 @@ def _part_decode(setup: BenchSetup) -> dict[str, Any]:
     from harness.packs import cache_dir
     from harness.train import resolve_device
 
-    cfg = _config(setup, "ours", Path(setup.workdir))
+    cfg = _config(setup, "ours")
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, device=device).eval()
     model.load_state_dict(load_file(str(Path(setup.workdir) / "ours.safetensors"), device=str(device)), strict=False)

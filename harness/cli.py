@@ -377,15 +377,13 @@ def bench(ctx, steps: int, warmup: int, encoder: str, llm: str, train_manifest: 
     """Measure training and decoding side by side with the reference code's settings; write JSON + table."""
     from harness.bench import BenchSetup, run_bench, table
 
+    if steps <= warmup:
+        raise click.ClickException(f"--steps ({steps}) must exceed --warmup ({warmup})")
     if train_manifest == "data/synth/train.jsonl" and not Path(train_manifest).exists():
-        click.echo("data/synth not found: synthesizing the quickstart corpus first")
-        ctx.invoke(data_synth, texts=(), out="data/synth", n_train=800, n_dev=60, n_test=60, n_test_unseen=60,
-                   seed=0, workers=os.cpu_count() or 1, voices=None, unseen_voices=None)
+        _synthesize(ctx, "data/synth", n_train=800, n_eval=60)
     for path in (train_manifest, dev_manifest):
         if not Path(path).is_file():
             raise click.ClickException(f"manifest {path} not found (make the corpus with `harness quickstart` or `harness data synth`)")
-    if steps <= warmup:
-        raise click.ClickException(f"--steps ({steps}) must exceed --warmup ({warmup})")
     setup = BenchSetup(train=train_manifest, dev=dev_manifest, encoder=encoder, llm=llm, steps=steps, warmup=warmup,
                        device=device, workdir=str(Path(out) / "work"))
     result = run_bench(setup, out=out)
@@ -404,6 +402,15 @@ SYNTH_CORPORA: dict[str, str | None] = {
     "data/synth": None,
     "data/synth-digits": "studies/corpora/digits.txt",
 }
+
+
+def _synthesize(ctx, folder: str, *, n_train: int, n_eval: int, texts: tuple[str, ...] = ()) -> None:
+    """Make one of the SYNTH_CORPORA (``texts`` replaces the book text of ``data/synth``)."""
+    source = SYNTH_CORPORA[folder]
+    sources = texts if (texts and source is None) else ((source,) if source else ())
+    click.echo(f"{folder}: synthesizing {n_train} + 3 x {n_eval} utterances from {source or 'the book text'}")
+    ctx.invoke(data_synth, texts=sources, out=folder, n_train=n_train, n_dev=n_eval, n_test=n_eval,
+               n_test_unseen=n_eval, seed=0, workers=os.cpu_count() or 1, voices=None, unseen_voices=None)
 
 
 def _manifests(cfg) -> list[str]:
@@ -428,12 +435,9 @@ def quickstart(ctx, study_file, librispeech, texts, n_train, n_eval, tracking_ur
 
     study = load_study(study_file)
     used = {Path(p).parent.as_posix() for c in study.cells for p in _manifests(c.config)}
-    for folder, source in SYNTH_CORPORA.items():
+    for folder in SYNTH_CORPORA:
         if folder in used and not Path(folder, "train.jsonl").exists():
-            sources = texts if (texts and source is None) else ((source,) if source else ())
-            click.echo(f"{folder}: synthesizing {n_train} + 3 x {n_eval} utterances from {source or 'the book text'}")
-            ctx.invoke(data_synth, texts=sources, out=folder, n_train=n_train, n_dev=n_eval, n_test=n_eval,
-                       n_test_unseen=n_eval, seed=0, workers=os.cpu_count() or 1, voices=None, unseen_voices=None)
+            _synthesize(ctx, folder, n_train=n_train, n_eval=n_eval, texts=texts)
     if Path(librispeech).is_dir():
         from harness.data.librispeech import librispeech_splits, read_librispeech
         from harness.data.manifest import write_manifest
