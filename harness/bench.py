@@ -27,6 +27,7 @@ import multiprocessing as mp
 import os
 import platform
 import resource
+import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -145,18 +146,21 @@ def _config(setup: BenchSetup, variant: str):
     return build_config(common)
 
 
-def _useful_flops(model, utts) -> float:
+def _step_flops(model, utts) -> dict[str, float]:
+    """Model FLOPs (the useful work, prefix forward in every row) and the FLOPs our step executes."""
     from harness.data.audio import SAMPLE_RATE
     from harness.flops import step_flops
 
     frames = torch.tensor([model.encoder.num_frames(int(round(u.duration * SAMPLE_RATE))) for u in utts])
     speech = model.projector.output_lengths(frames).tolist()
     targets = [len(model.prompt.target_ids(u.text)) for u in utts]
-    fixed = len(model.prompt.prefix_ids) + len(model.prompt.suffix_ids)
+    P = len(model.prompt.prefix_ids)
     lin = model.projector
-    dims = (lin.fc1.in_features, lin.fc1.out_features, lin.fc2.out_features)
-    return step_flops(model.llm.config, seq_lens=[fixed + s + t for s, t in zip(speech, targets)], labelled=targets,
-                      speech_tokens=speech, projector_dims=dims).total
+    args = dict(seq_lens=[P + s + len(model.prompt.suffix_ids) + t for s, t in zip(speech, targets)], labelled=targets,
+                speech_tokens=speech, projector_dims=(lin.fc1.in_features, lin.fc1.out_features, lin.fc2.out_features))
+    executed = dict(prefix=P, shared_prefix=True) if model.shares_prefix else dict(prefix=0)
+    return {"model": step_flops(model.llm.config, prefix=P, **args).total,
+            "executed": step_flops(model.llm.config, **executed, **args).total}
 
 
 def _part_train(setup: BenchSetup, variant: str) -> dict[str, Any]:
@@ -178,10 +182,11 @@ def _part_train(setup: BenchSetup, variant: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     trainer.setup()
     setup_seconds = time.perf_counter() - t0
-    rate = matmul_rate(trainer.device)
+    trainer.model.share_prefix = variant == "ours"  # the reference code runs the prompt prefix in every row
+    matmul_rate(trainer.device)  # warm the matmul kernels
     trainer._order_cache = {}  # what Trainer.train() prepares before its loop
     trainer.model.train()
-    times, audio, flops = [], [], []
+    times, audio, flops, rates = [], [], {"model": [], "executed": []}, []
     for i in range(setup.steps):
         trainer.seen = []
         m = trainer._train_step()
@@ -189,23 +194,32 @@ def _part_train(setup: BenchSetup, variant: str) -> dict[str, Any]:
         if i >= setup.warmup:
             times.append(m["train/step_seconds"])
             audio.append(m["train/audio_sec_per_sec"] * m["train/step_seconds"])
-            flops.append(_useful_flops(trainer.model, trainer.seen))
+            for kind, n in _step_flops(trainer.model, trainer.seen).items():
+                flops[kind].append(n)
+            # The machine's matmul rate, sampled between the steps: a shared machine's speed drifts, and
+            # the ratio must compare the steps with the rate of the same minutes.
+            rates.append(matmul_rate(trainer.device, seconds=0.3))
     t0 = time.perf_counter()
     dev = {k.removeprefix("dev/"): v for k, v in trainer._evaluate(record=False).items()}
     eval_seconds = time.perf_counter() - t0
     save_file({k: v.contiguous().cpu() for k, v in trainer.model.trainable_state_dict().items()},
               str(work / f"{variant}.safetensors"))
     seconds = sum(times)
+    samples = sorted(r["flops_per_second"] for r in rates)
+    rate = {**rates[0], "flops_per_second": statistics.median(samples), "samples": len(samples),
+            "min": samples[0], "max": samples[-1]}
     return {
         "variant": variant,
         "config": {k: v for k, v in asdict(cfg.train).items() if k in ("batch_size", "batch_seconds", "full_vocab_logits")}
-        | {"input_mode": cfg.encoder.input_mode, "cache": cfg.encoder.cache},
+        | {"input_mode": cfg.encoder.input_mode, "cache": cfg.encoder.cache, "share_prefix": trainer.model.shares_prefix},
         "timed_steps": len(times),
         "seconds_per_step": seconds / len(times),
         "audio_sec_per_sec": sum(audio) / seconds,
-        "useful_flops_per_second": sum(flops) / seconds,
         "matmul": rate,
-        "useful_flops_fraction": sum(flops) / seconds / rate["flops_per_second"],
+        "useful_flops_per_second": sum(flops["model"]) / seconds,
+        "useful_flops_fraction": sum(flops["model"]) / seconds / rate["flops_per_second"],
+        "executed_flops_per_second": sum(flops["executed"]) / seconds,
+        "executed_flops_fraction": sum(flops["executed"]) / seconds / rate["flops_per_second"],
         "setup_seconds": setup_seconds,
         "dev_after_steps": dev,
         "eval_seconds": eval_seconds,

@@ -33,6 +33,7 @@ from harness.data.manifest import Utterance, check_audio_files, read_manifest
 from harness.emergence import find_emergence, plot_curve
 from harness.decode import evaluate_split, speech_frames, teacher_forced, transcribe
 from harness.features import FeatureCache
+from harness.memory import keep_freed_memory
 from harness.metrics import word_errors
 from harness.models import SpeechLLM, build_model
 from harness.distributed import local_device
@@ -154,6 +155,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
+        keep_freed_memory()  # every step reuses the memory of the last one instead of page-faulting it in again
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._check_out_dir()

@@ -15,33 +15,57 @@ from harness.flops import step_flops
 from harness.models import build_model
 
 
-def test_step_flop_count_equals_pytorchs_counter(utts_by_duration) -> None:
-    """One unpadded utterance, eager attention (plain matmuls the counter sees): forward + backward
-    of a training step costs exactly what the shape formula says."""
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_step_flop_count_equals_pytorchs_counter(utts_by_duration, share_prefix: bool) -> None:
+    """Two unpadded utterances, eager attention (plain matmuls the counter sees): forward + backward
+    of a training step costs exactly what the shape formula says, with the prompt prefix run once for
+    the batch (forward only) or once per utterance (forward and backward, the reference way)."""
     model = build_model(tiny_config("adapter.hidden=48"))
     model.llm.set_attn_implementation("eager")
+    model.share_prefix = share_prefix
     model.train()
-    utt = utts_by_duration[2]
+    utts = [utts_by_duration[2], utts_by_duration[2]]  # equal lengths: no padding
     with torch.no_grad():
-        frames, lengths = model.encode([audio(utt)])
+        frames, lengths = model.encode([audio(u) for u in utts])
     counter = FlopCounterMode(display=False)
     with counter:
-        out = model.forward_frames(frames, lengths, [utt.text])
+        out = model.forward_frames(frames, lengths, [u.text for u in utts])
         out["loss"].backward()
     counted = counter.get_total_flops()
 
-    speech = int(model.projector.output_lengths(lengths)[0])
-    target = len(model.prompt.target_ids(utt.text))
-    seq = len(model.prompt.prefix_ids) + speech + len(model.prompt.suffix_ids) + target
+    speech = [int(n) for n in model.projector.output_lengths(lengths)]
+    target = [len(model.prompt.target_ids(u.text)) for u in utts]
+    P = len(model.prompt.prefix_ids)
+    seq = [P + s + len(model.prompt.suffix_ids) + t for s, t in zip(speech, target)]
     p = model.projector
-    ours = step_flops(model.llm.config, seq_lens=[seq], labelled=[target], speech_tokens=[speech],
-                      projector_dims=(p.fc1.in_features, p.fc1.out_features, p.fc2.out_features), causal=False)
+    # What the step runs: the prefix once, forward only; or whole rows, prefix included, forward and backward.
+    executed = dict(prefix=P, shared_prefix=True) if share_prefix else dict(prefix=0)
+    args = dict(seq_lens=seq, labelled=target, speech_tokens=speech, **executed,
+                projector_dims=(p.fc1.in_features, p.fc1.out_features, p.fc2.out_features))
+    ours = step_flops(model.llm.config, causal=False, **args)
     assert ours.total == pytest.approx(counted, rel=1e-3), (ours.as_dict(), counted)
     # Causal attention (what is useful) is a bit more than half the dense count.
-    causal = step_flops(model.llm.config, seq_lens=[seq], labelled=[target], speech_tokens=[speech],
-                        projector_dims=(p.fc1.in_features, p.fc1.out_features, p.fc2.out_features))
-    assert causal.attention == pytest.approx(ours.attention * (seq + 1) / (2 * seq))
+    causal = step_flops(model.llm.config, **args)
+    assert 0.5 * ours.attention < causal.attention < 0.6 * ours.attention
     assert causal.llm_linear == ours.llm_linear and causal.lm_head == ours.lm_head
+
+
+def test_model_count_runs_the_prefix_forward_in_every_row_and_never_backward() -> None:
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                      num_hidden_layers=2, vocab_size=100)
+    args = dict(seq_lens=[20, 30, 25], labelled=[5, 6, 4], speech_tokens=[8, 12, 10], projector_dims=(80, 32, 64))
+    rows = step_flops(cfg, **args)  # whole rows: every token forward and backward
+    model = step_flops(cfg, prefix=6, **args)
+    executed = step_flops(cfg, prefix=6, shared_prefix=True, **args)
+    per_token = rows.llm_linear / (2 * 75)  # forward + input-gradient backward, per token
+    assert rows.llm_linear - model.llm_linear == pytest.approx(per_token * 3 * 6)  # 3 prefixes: no backward
+    assert model.llm_linear - executed.llm_linear == pytest.approx(per_token * 2 * 6)  # 3 prefix forwards -> 1
+    assert rows.attention > model.attention > executed.attention
+    assert rows.lm_head == model.lm_head == executed.lm_head and rows.projector == executed.projector
+    with pytest.raises(ValueError, match="prefix of 21 tokens"):
+        step_flops(cfg, prefix=21, **args)
 
 
 def test_forward_only_count_is_a_third_to_a_half_of_the_step() -> None:

@@ -55,6 +55,16 @@ def test_batched_greedy_equals_one_by_one(trained, utts, greedy_alone) -> None:
     assert batch == greedy_alone
 
 
+def test_shared_prefix_greedy_equals_whole_rows(trained, utts, greedy_alone) -> None:
+    """Decoding with the prompt prefix computed once per batch writes what whole rows write."""
+    assert trained.shares_prefix
+    trained.share_prefix = False
+    try:
+        assert trained.generate([audio(u) for u in utts], max_new_tokens=MAX_NEW) == greedy_alone
+    finally:
+        trained.share_prefix = True
+
+
 def test_row_dropping_greedy_equals_transformers_generate(trained, utts) -> None:
     """Our greedy loop (rows leave the batch when they end) writes what transformers' own greedy
     ``generate`` writes for the same padded batch, row by row, each cut at its own cap."""

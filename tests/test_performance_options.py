@@ -41,6 +41,32 @@ def test_label_position_head_equals_the_full_vocabulary_head(batch) -> None:
     _assert_same(labels_only, full)
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_shared_prompt_prefix_gives_the_same_loss_and_gradients(batch, lora: bool) -> None:
+    """The prefix run once for the batch (forward only with a frozen LLM; with gradients under LoRA)
+    computes what running it in every row computes, with fewer token rows through the layers."""
+    extra = ["llm.lora.enabled=true", "llm.lora.dropout=0.0"] if lora else []
+    model = build_model(tiny_config(*extra))
+    rows: list[int] = []
+    model.llm.get_decoder().layers[0].register_forward_pre_hook(lambda _, args: rows.append(args[0].shape[:2].numel()))
+    assert model.shares_prefix
+    shared = _loss_and_grads(model, batch)
+    shared_rows = sum(rows)
+    rows.clear()
+    model.share_prefix = False
+    whole = _loss_and_grads(model, batch)
+    _assert_same(shared, whole)
+    P = len(model.prompt.prefix_ids)
+    assert shared_rows == sum(rows) - (len(batch) - 1) * P  # the prefix ran once instead of once per row
+    if lora:
+        assert any("lora" in name for name in shared[1])
+
+
+def test_no_shared_prefix_under_gradient_checkpointing() -> None:
+    """transformers drops a layer's cache while checkpointing it, so those runs keep whole rows."""
+    assert not build_model(tiny_config("train.gradient_checkpointing=true")).shares_prefix
+
+
 def test_full_vocab_logits_is_a_config_switch() -> None:
     assert build_model(tiny_config("train.full_vocab_logits=true")).full_vocab_logits is True
     assert build_model(tiny_config()).full_vocab_logits is False

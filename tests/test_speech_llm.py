@@ -8,6 +8,7 @@ from conftest import audio, tiny_config
 from harness.config import LLMConfig
 from harness.models import IGNORE, Prompt, build_model
 from harness.models.loading import load_llm, tiny_tokenizer
+from harness.models.speech_llm import _cache_kwarg
 
 # transformers' WavLM attention passes a bool padding mask with a float position bias to torch.
 pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask:UserWarning")
@@ -94,6 +95,26 @@ def test_left_padded_batch_predicts_what_each_utterance_predicts_alone(model, ut
                 inputs_embeds=one.embeds, attention_mask=one.attention_mask, position_ids=one.position_ids
             ).logits[0, -1]
             assert torch.allclose(batch[b], alone, atol=1e-4), b
+
+
+def test_shared_prefix_inputs_continue_the_cached_prefix(model, utts) -> None:
+    """Rows without the prefix: positions and mask continue the cached prefix, and the next-token
+    logits equal those of the whole left-padded rows."""
+    speech, speech_lens, _, whole = _spliced(model, utts, left_pad=True, with_targets=False)
+    P, Q = len(model.prompt.prefix_ids), len(model.prompt.suffix_ids)
+    with torch.no_grad():
+        shared = model.build_inputs(speech, speech_lens, None, left_pad=True, shared_prefix=True)
+        assert shared.cache.get_seq_length() == P and shared.embeds.shape[1] == whole.embeds.shape[1] - P
+        L = shared.embeds.shape[1]
+        for b in range(len(utts)):
+            n = int(speech_lens[b]) + Q
+            assert shared.attention_mask[b].tolist() == [1] * P + [0] * (L - n) + [1] * n
+            assert shared.position_ids[b, L - n :].tolist() == list(range(P, P + n))
+        logits = model.llm(inputs_embeds=shared.embeds, attention_mask=shared.attention_mask,
+                           position_ids=shared.position_ids, **{_cache_kwarg(type(model.llm)): shared.cache}).logits[:, -1]
+        want = model.llm(inputs_embeds=whole.embeds, attention_mask=whole.attention_mask,
+                         position_ids=whole.position_ids).logits[:, -1]
+    torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-4)
 
 
 def test_plain_prompt_style(utts) -> None:

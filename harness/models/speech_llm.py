@@ -9,9 +9,16 @@ With the ``chat`` style the prefix/suffix come from the tokenizer's chat templat
 target tokens (transcript + EOS) carry labels; everything else is -100. Training batches are
 right-padded, generation batches left-padded; both carry an attention mask and position ids that
 count only real tokens, so a padded batch computes exactly what one-by-one processing computes.
+
+The prefix is the same tokens at the same positions in every sequence, and causal attention keeps
+everything after it from changing it, so its keys and values are the same in every row and every
+step. They are computed once per batch (one row) and shared as a KV cache; the rows hold only
+``speech + suffix (+ target)``. With SmolLM2's chat template the prefix is 24 of the ~100 tokens of
+a sequence: the batch does not run those positions forward once per row, nor backward at all.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -22,6 +29,7 @@ import torch.nn.functional as F
 from harness.config import LLMConfig
 from harness.models.adapters import Projector
 from harness.models.encoders import SpeechEncoder
+from harness.models.kv_cache import preallocated_cache
 
 IGNORE = -100
 SPEECH_MARK = "<|speech|>"
@@ -63,9 +71,16 @@ class Prompt:
 @dataclass
 class LLMInputs:
     embeds: torch.Tensor  # B, L, H
-    attention_mask: torch.Tensor  # B, L (1 = real token)
+    attention_mask: torch.Tensor  # B, C+L (1 = real token; C = tokens already in `cache`, else 0)
     position_ids: torch.Tensor  # B, L
     labels: torch.Tensor | None  # B, L (IGNORE except target tokens)
+    cache: object | None = None  # the shared prompt prefix's keys/values (a transformers Cache), or None
+
+
+@functools.cache
+def _cache_kwarg(module_type: type) -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` during 5.x: the name this module's forward takes."""
+    return "cache" if "cache" in inspect.signature(module_type.forward).parameters else "past_key_values"
 
 
 class SpeechLLM(nn.Module):
@@ -86,6 +101,7 @@ class SpeechLLM(nn.Module):
         self.train_encoder = train_encoder
         self.output_norm = output_norm
         self.full_vocab_logits = False  # True: the reference code's LM head over every position (benchmarks)
+        self.share_prefix = True  # False: every row recomputes the prompt prefix (the reference code; benchmarks)
         self.gradient_checkpointing = False
         emb = llm.get_input_embeddings()
         with torch.no_grad():
@@ -111,35 +127,71 @@ class SpeechLLM(nn.Module):
 
     # ---------------------------------------------------------------- sequence assembly
     def build_inputs(
-        self, speech: torch.Tensor, speech_lens: torch.Tensor, targets: list[list[int]] | None, *, left_pad: bool
+        self, speech: torch.Tensor, speech_lens: torch.Tensor, targets: list[list[int]] | None, *, left_pad: bool,
+        shared_prefix: bool = False,
     ) -> LLMInputs:
-        """Splice ``prefix + speech + suffix (+ target)`` per utterance into one padded batch."""
+        """Splice ``prefix + speech + suffix (+ target)`` per utterance into one padded batch.
+
+        ``shared_prefix``: the rows start after the prefix, whose keys/values come as a cache computed
+        once for the batch (:meth:`prefix_cache`); positions and the attention mask cover the prefix.
+        """
         embed = self.llm.get_input_embeddings()
         dev = speech.device
         B = speech.shape[0]
-        pre, suf = embed(self.prefix_ids), embed(self.suffix_ids)  # P, H ; Q, H
+        P = self.prefix_ids.numel()
+        suf = embed(self.suffix_ids)  # Q, H
+        lead = [] if shared_prefix else [embed(self.prefix_ids)]  # P, H
         tgt_ids = [torch.tensor(t, dtype=torch.long, device=dev) for t in targets] if targets is not None else None
         tgt_emb = embed(torch.cat(tgt_ids)).split([len(t) for t in tgt_ids]) if tgt_ids else None
         seqs, labels = [], []
         for b in range(B):
-            parts = [pre, speech[b, : int(speech_lens[b])].to(pre.dtype), suf]
-            lab = [torch.full((pre.shape[0] + int(speech_lens[b]) + suf.shape[0],), IGNORE, dtype=torch.long, device=dev)]
+            parts = [*lead, speech[b, : int(speech_lens[b])].to(suf.dtype), suf]
+            lab = [torch.full((sum(p.shape[0] for p in parts),), IGNORE, dtype=torch.long, device=dev)]
             if tgt_emb is not None:
                 parts.append(tgt_emb[b])
                 lab.append(tgt_ids[b])
             seqs.append(torch.cat(parts))  # L_b, H
             labels.append(torch.cat(lab))
-        lens = torch.tensor([s.shape[0] for s in seqs], device=dev)
-        L = int(lens.max())
+        L = max(s.shape[0] for s in seqs)
         H = seqs[0].shape[1]
-        embeds = speech.new_zeros((B, L, H), dtype=pre.dtype)
+        embeds = speech.new_zeros((B, L, H), dtype=suf.dtype)
         lab_pad = torch.full((B, L), IGNORE, dtype=torch.long, device=dev)
         mask = torch.zeros((B, L), dtype=torch.long, device=dev)
         for b, (s, lb) in enumerate(zip(seqs, labels)):
             sl = slice(L - s.shape[0], L) if left_pad else slice(0, s.shape[0])
             embeds[b, sl], lab_pad[b, sl], mask[b, sl] = s, lb, 1
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # count only real tokens
-        return LLMInputs(embeds, mask, position_ids, lab_pad if targets is not None else None)
+        cache = None
+        if shared_prefix:  # B, L -> B, P+L: the cached prefix is real in every row
+            position_ids = position_ids + P
+            mask = torch.cat([mask.new_ones(B, P), mask], dim=1)
+            cache = self.prefix_cache(B)
+        return LLMInputs(embeds, mask, position_ids, lab_pad if targets is not None else None, cache)
+
+    def prefix_cache(self, batch: int):
+        """The prompt prefix's keys and values at every layer, computed for one row and repeated ``batch`` times.
+
+        With a frozen LLM they need no gradient; when the LLM trains (LoRA) they are computed with one,
+        so the single row's gradient collects what every row sends back.
+        """
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.llm.config)
+        decoder = self.llm.get_decoder()
+        prefix = self.llm.get_input_embeddings()(self.prefix_ids)[None]  # 1, P, H
+        positions = torch.arange(prefix.shape[1], device=prefix.device)[None]
+        trains = any(p.requires_grad for p in self.llm.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
+            decoder(inputs_embeds=prefix, position_ids=positions, use_cache=True, **{_cache_kwarg(type(decoder)): cache})
+        cache.batch_repeat_interleave(batch)
+        return cache
+
+    @property
+    def shares_prefix(self) -> bool:
+        """Whether batches use the shared prefix cache. Not under gradient checkpointing (transformers drops
+        a layer's cache when it recomputes the layer) nor ``torch.compile`` (a cache argument recompiles)."""
+        return (self.share_prefix and self.prefix_ids.numel() > 0 and not self.gradient_checkpointing
+                and "_compiled_decoder" not in self.__dict__)
 
     # ---------------------------------------------------------------- training objective
     def lm_loss(self, inputs: LLMInputs) -> dict[str, torch.Tensor]:
@@ -151,9 +203,10 @@ class SpeechLLM(nn.Module):
         decoder = self.__dict__.get("_compiled_decoder")
         if decoder is None:
             decoder = self.llm.get_decoder()
+        cached = {} if inputs.cache is None else {_cache_kwarg(type(decoder)): inputs.cache}
         hidden = decoder(
             inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask, position_ids=inputs.position_ids,
-            use_cache=False,
+            use_cache=bool(cached), **cached,
         ).last_hidden_state  # B, L, H
         labels = inputs.labels[:, 1:]  # position t predicts token t+1
         sel = labels != IGNORE
@@ -177,7 +230,7 @@ class SpeechLLM(nn.Module):
     def forward_frames(self, frames: torch.Tensor, lengths: torch.Tensor, texts: list[str]) -> dict[str, torch.Tensor]:
         speech, speech_lens = self.project(frames, lengths)
         targets = [self.prompt.target_ids(t) for t in texts]
-        return self.lm_loss(self.build_inputs(speech, speech_lens, targets, left_pad=False))
+        return self.lm_loss(self.build_inputs(speech, speech_lens, targets, left_pad=False, shared_prefix=self.shares_prefix))
 
     # ---------------------------------------------------------------- decoding
     @torch.no_grad()
@@ -202,10 +255,11 @@ class SpeechLLM(nn.Module):
         """
         caps = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * frames.shape[0]
         speech, speech_lens = self.project(frames, lengths)
-        inputs = self.build_inputs(speech, speech_lens, None, left_pad=True)
         if beam == 1 and not synced:
+            inputs = self.build_inputs(speech, speech_lens, None, left_pad=True, shared_prefix=self.shares_prefix)
             rows = self._greedy(inputs, caps)
             return [t.strip() for t in self.prompt.tokenizer.batch_decode(rows, skip_special_tokens=True)]
+        inputs = self.build_inputs(speech, speech_lens, None, left_pad=True)  # transformers' generate: whole rows
         out = self.llm.generate(
             inputs_embeds=inputs.embeds,
             attention_mask=inputs.attention_mask,
@@ -231,16 +285,13 @@ class SpeechLLM(nn.Module):
         still computes exactly what it would alone (its own mask and positions), so transcripts equal
         one-by-one decoding. Returns each row's new tokens without the EOS.
         """
-        from transformers import DynamicCache
-
         B = inputs.embeds.shape[0]
         tokens: list[list[int]] = [[] for _ in range(B)]
         active = torch.arange(B, device=inputs.embeds.device)  # batch row -> utterance
         mask, pos = inputs.attention_mask, inputs.position_ids[:, -1]  # left-padded: last column is real
-        # transformers renamed `past_key_values` to `cache` during 5.x; pass whichever this version takes.
-        kv = {("cache" if "cache" in inspect.signature(self.llm.forward).parameters else "past_key_values"):
-              DynamicCache(config=self.llm.config)}
-        cache = next(iter(kv.values()))
+        # Room for the prompt, the rows and every token they may write, filled in place (no copy per step).
+        cache = preallocated_cache(self.llm.config, mask.shape[1] + max(caps), prefix=inputs.cache)
+        kv = {_cache_kwarg(type(self.llm)): cache}
         logits = self.llm(
             inputs_embeds=inputs.embeds, attention_mask=mask, position_ids=inputs.position_ids,
             use_cache=True, logits_to_keep=1, **kv,
