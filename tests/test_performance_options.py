@@ -62,6 +62,25 @@ def test_shared_prompt_prefix_gives_the_same_loss_and_gradients(batch, lora: boo
         assert any("lora" in name for name in shared[1])
 
 
+def test_a_frozen_llms_prefix_runs_once_until_its_weights_change(batch) -> None:
+    model = build_model(tiny_config())
+    prefix_runs: list[int] = []
+    model.llm.get_decoder().layers[0].register_forward_pre_hook(
+        lambda _, args: prefix_runs.append(1) if args[0].shape[0] == 1 else None)  # the prefix runs as one row
+    first = _loss_and_grads(model, batch)
+    assert _loss_and_grads(model, batch)[0] == first[0] and len(prefix_runs) == 1  # kept across steps
+    with torch.no_grad():
+        model.llm.get_decoder().layers[0].mlp.down_proj.weight.mul_(1.5)
+    changed = _loss_and_grads(model, batch)
+    assert len(prefix_runs) == 2 and changed[0] != first[0]  # recomputed with the new weights ...
+    model.share_prefix = False
+    _assert_same(changed, _loss_and_grads(model, batch))  # ... exactly as whole rows compute them
+    model.share_prefix = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _loss_and_grads(model, batch)
+    assert len(prefix_runs) == 3  # another precision: other keys and values
+
+
 def test_no_shared_prefix_under_gradient_checkpointing() -> None:
     """transformers drops a layer's cache while checkpointing it, so those runs keep whole rows."""
     assert not build_model(tiny_config("train.gradient_checkpointing=true")).shares_prefix

@@ -171,19 +171,37 @@ class SpeechLLM(nn.Module):
     def prefix_cache(self, batch: int):
         """The prompt prefix's keys and values at every layer, computed for one row and repeated ``batch`` times.
 
-        With a frozen LLM they need no gradient; when the LLM trains (LoRA) they are computed with one,
-        so the single row's gradient collects what every row sends back.
+        A frozen LLM gives the same keys and values at every step, so they are computed once and kept
+        until the LLM's weights or the autocast precision change (a step then runs no prefix at all).
+        When the LLM trains (LoRA) they are computed with gradients in every call, so the single row's
+        gradient collects what every row sends back.
         """
+        from transformers import DynamicCache
+
+        if any(p.requires_grad for p in self.llm.parameters()):
+            cache = self._run_prefix()
+            cache.batch_repeat_interleave(batch)
+            return cache
+        dev, weight = self.prefix_ids.device.type, self.llm.get_input_embeddings().weight
+        key = (torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev), weight.dtype, weight.data_ptr(),
+               sum(p._version for p in self.llm.parameters()))  # in-place changes (load_state_dict) bump versions
+        memo = self.__dict__.get("_prefix_memo")  # outside the module tree: no state_dict entry
+        if memo is None or memo[0] != key:
+            with torch.no_grad():
+                memo = self.__dict__["_prefix_memo"] = (key, [(layer.keys, layer.values) for layer in self._run_prefix().layers])
+        cache = DynamicCache(config=self.llm.config)
+        for layer, (k, v) in zip(cache.layers, memo[1]):  # 1, H, P, D -> B, H, P, D
+            layer.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
+        return cache
+
+    def _run_prefix(self):
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.llm.config)
         decoder = self.llm.get_decoder()
         prefix = self.llm.get_input_embeddings()(self.prefix_ids)[None]  # 1, P, H
         positions = torch.arange(prefix.shape[1], device=prefix.device)[None]
-        trains = any(p.requires_grad for p in self.llm.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
-            decoder(inputs_embeds=prefix, position_ids=positions, use_cache=True, **{_cache_kwarg(type(decoder)): cache})
-        cache.batch_repeat_interleave(batch)
+        decoder(inputs_embeds=prefix, position_ids=positions, use_cache=True, **{_cache_kwarg(type(decoder)): cache})
         return cache
 
     @property
