@@ -379,8 +379,9 @@ def bench(ctx, steps: int, warmup: int, encoder: str, llm: str, train_manifest: 
 
     if steps <= warmup:
         raise click.ClickException(f"--steps ({steps}) must exceed --warmup ({warmup})")
-    if train_manifest == "data/synth/train.jsonl" and not Path(train_manifest).exists():
-        _synthesize(ctx, "data/synth", n_train=800, n_eval=60)
+    corpus = Path(train_manifest).parent.as_posix()
+    if corpus in SYNTH_CORPORA and not Path(train_manifest).exists():  # data/synth, data/synth-digits
+        _synthesize(ctx, corpus, n_train=800, n_eval=60)
     for path in (train_manifest, dev_manifest):
         if not Path(path).is_file():
             raise click.ClickException(f"manifest {path} not found (make the corpus with `harness quickstart` or `harness data synth`)")
