@@ -11,10 +11,11 @@ right-padded, generation batches left-padded; both carry an attention mask and p
 count only real tokens, so a padded batch computes exactly what one-by-one processing computes.
 
 The prefix is the same tokens at the same positions in every sequence, and causal attention keeps
-everything after it from changing it, so its keys and values are the same in every row and every
-step. They are computed once per batch (one row) and shared as a KV cache; the rows hold only
-``speech + suffix (+ target)``. With SmolLM2's chat template the prefix is 24 of the ~100 tokens of
-a sequence: the batch does not run those positions forward once per row, nor backward at all.
+everything after it from changing it, so its keys and values are the same in every row (and, with a
+frozen LLM, at every step). They are computed for one row, kept while the LLM's weights stay as they
+are, and given to the LLM as a KV cache; the rows hold only ``speech + suffix (+ target)``. With
+SmolLM2's chat template the prefix is 24 of the ~100 tokens of a sequence that a step no longer runs
+forward once per row, nor backward at all.
 """
 from __future__ import annotations
 
