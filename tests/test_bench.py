@@ -12,7 +12,7 @@ from conftest import audio, tiny_config
 from harness.bench import BenchSetup, run_bench
 from harness.data.manifest import write_manifest
 from harness.flops import step_flops
-from harness.models import build_model
+from harness.models import build_model, packed
 
 
 @pytest.mark.parametrize("share_prefix", [True, False])
@@ -22,6 +22,7 @@ def test_step_flop_count_equals_pytorchs_counter(utts_by_duration, share_prefix:
     the batch (forward only) or once per utterance (forward and backward, the reference way)."""
     model = build_model(tiny_config("adapter.hidden=48"))
     model.llm.set_attn_implementation("eager")
+    model.use_packed_weights(False)  # the counter sees aten matmuls, not oneDNN's packed linear
     model.share_prefix = share_prefix
     model.train()
     utts = [utts_by_duration[2], utts_by_duration[2]]  # equal lengths: no padding
@@ -98,6 +99,9 @@ def test_bench_runs_end_to_end_on_tiny_models(tmp_path: Path, libri, monkeypatch
     for part in (ours, ref, result["grid"], result["decode"]):
         assert part["peak_rss_gb"] > 0.1
     assert 0 < ours["useful_flops_fraction"] and ours["matmul"]["flops_per_second"] > 1e8
+    assert ours["matmul"]["flops_per_second"] == pytest.approx(max(ours["matmul"]["by_kernel"].values()), rel=0.5)
+    assert ours["config"]["packed_weights"] is packed.available() and ref["config"]["packed_weights"] is False
+    assert ours["config"]["share_prefix"] is True and ref["config"]["share_prefix"] is False
     assert {"loss", "acc", "wer"} <= set(ours["dev_after_steps"])
     assert result["grid"]["utterances"] == 8 and result["grid"]["with_cache_seconds"] > 0
     assert result["decode"]["identical_transcripts"] is True and result["decode"]["differing"] == []

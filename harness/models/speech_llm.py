@@ -31,6 +31,7 @@ from harness.config import LLMConfig
 from harness.models.adapters import Projector
 from harness.models.encoders import SpeechEncoder
 from harness.models.kv_cache import preallocated_cache
+from harness.models.packed import use_packed_linears
 
 IGNORE = -100
 SPEECH_MARK = "<|speech|>"
@@ -351,9 +352,19 @@ class SpeechLLM(nn.Module):
             "params/llm": count(self.llm),
         }
 
+    def use_packed_weights(self, enabled: bool = True) -> None:
+        """On the CPU, run the frozen LLM's linear layers through oneDNN with weights packed once
+        (:mod:`harness.models.packed`); ``enabled=False`` goes back to plain ``F.linear``."""
+        use_packed_linears(self.llm, enabled)
+
+    @property
+    def packs_weights(self) -> bool:
+        return any("_packed" in m.__dict__ for m in self.llm.modules())
+
     def compile_for_training(self) -> None:
         """``torch.compile`` the decoder as the training loss calls it (dynamic shapes) and the projector.
         Generation keeps the eager decoder: its growing KV cache would recompile at every length."""
+        self.use_packed_weights(False)  # the compiler picks its own kernels for the decoder's matmuls
         # Kept outside the module tree: a registered compiled copy would duplicate the LLM's state_dict keys.
         self.__dict__["_compiled_decoder"] = torch.compile(self.llm.get_decoder(), dynamic=True)
         self.projector.compile(dynamic=True)
