@@ -207,6 +207,7 @@ def data_subset(manifest: str, out: str, n: int) -> None:
 @_friendly
 def train(config: str | None, overrides: tuple[str, ...], out: str | None, no_progress: bool) -> None:
     """Train one run from CONFIG (YAML; omit for defaults) with a.b=v OVERRIDES, then evaluate it."""
+    from harness import distributed
     from harness.config import config_hash, load_config
     from harness.models import validate_references
     from harness.train import default_run_dir, run_training
@@ -218,7 +219,10 @@ def train(config: str | None, overrides: tuple[str, ...], out: str | None, no_pr
     out_dir = Path(out) if out else default_run_dir(cfg)
     click.echo(f"run {config_hash(cfg)[:12]} -> {out_dir}")
     _sigterm_as_interrupt()
-    result = run_training(cfg, out_dir, progress=not no_progress)
+    try:
+        result = run_training(cfg, out_dir, progress=not no_progress)
+    finally:
+        distributed.shutdown()  # under torchrun: every collective is done by now
     _print_summary(result.metrics, result.state.step)
 
 

@@ -110,6 +110,13 @@ def from_env(device: torch.device) -> Dist:
     return Dist(rank=dist.get_rank(), world=dist.get_world_size())
 
 
+def shutdown() -> None:
+    """Leave the process group this process joined (no-op alone). A process that exits with its gloo
+    threads still running can abort in the C++ runtime ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def local_device(name: str) -> torch.device:
     """``auto`` under torchrun on GPUs means this rank's own GPU."""
     if name == "auto" and torch.cuda.is_available():
