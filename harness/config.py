@@ -340,7 +340,9 @@ def _from_dict(cls: type, data: dict, prefix: str, where: typing.Callable[[str],
 
 
 class YamlLoader(yaml.SafeLoader):
-    """A safe loader that also reads ``1e-4`` as a float (YAML 1.2; PyYAML's 1.1 rules read a string)."""
+    """A safe loader with YAML 1.2's scalars where PyYAML keeps 1.1's: ``1e-4`` is a float (1.1: a
+    string), and only ``true``/``false`` are booleans (1.1 also reads ``on``, ``off``, ``yes``, ``no``
+    as booleans, so ``data.scan=off`` would not be the string its option expects)."""
 
 
 YamlLoader.add_implicit_resolver(
@@ -355,6 +357,11 @@ YamlLoader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in YamlLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def yaml_load(text: str) -> Any:

@@ -12,10 +12,15 @@ name hashes the audio *content*, so an edited audio file is a miss, not a wrong 
 written to a temporary name and renamed into place: concurrent workers filling the same cache
 never leave a partial file (at worst both compute the same utterance and one rename wins).
 A trainable encoder bypasses the cache entirely.
+
+Hashing the audio is not free at scale (LibriSpeech-960 is ~60 GB of FLAC, minutes to read), and every
+run, grid cell and search trial needs the same digests, so they are remembered on disk as well
+(:class:`AudioDigests`): a file whose stat is unchanged is not read again.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -39,6 +44,94 @@ def audio_digest(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+class AudioDigests:
+    """Content digests of audio files, remembered on disk by the file's stat.
+
+    An entry holds the path's size, mtime, ctime and inode with the digest; a later lookup whose stat
+    matches gets the remembered digest without reading the file. Rewriting a file moves its ctime,
+    which, unlike mtime, no tool can set back (``cp -p``, ``rsync -t`` and ``touch -d`` all leave a new
+    one), so an edited file is always hashed again. A copied or moved corpus is hashed again once.
+
+    The index lives in ``<root>/<0-f>.json``, 16 shards by path, each replaced atomically. Two
+    processes saving the same shard at once may drop each other's new entries (those files are
+    hashed again next time); neither can leave a shard half-written, and a shard that does not parse
+    is treated as empty.
+
+    Example::
+
+        >>> import tempfile, pathlib
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> (root / "a.flac").write_bytes(b"audio")
+        5
+        >>> first = AudioDigests(root / "index")
+        >>> first.get([str(root / "a.flac")]) == {str(root / "a.flac"): audio_digest(root / "a.flac")}
+        True
+        >>> again = AudioDigests(root / "index")
+        >>> _ = again.get([str(root / "a.flac")])
+        >>> first.hashed, again.hashed   # files read to hash them, per instance
+        (1, 0)
+    """
+
+    SAVE_EVERY = 2000
+    """Hashed files between saves: an interrupted first pass over a large corpus keeps most of its work."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.dir = Path(root)
+        self._shards: dict[str, dict[str, list]] = {}  # shard name -> abs path -> [size, mtime, ctime, inode, digest]
+        self.hashed = 0
+        """Files this instance read and hashed (the rest came from the index)."""
+
+    @staticmethod
+    def _shard_name(path: str) -> str:
+        return hashlib.sha1(path.encode()).hexdigest()[0]
+
+    def _read_shard(self, name: str) -> dict[str, list]:
+        try:
+            data = json.loads((self.dir / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _shard(self, name: str) -> dict[str, list]:
+        if name not in self._shards:
+            self._shards[name] = self._read_shard(name)
+        return self._shards[name]
+
+    def get(self, paths: Sequence[str | os.PathLike]) -> dict[str, str]:
+        """``{path: sha1 of its bytes}`` for ``paths`` (as given), hashing only files the index does not
+        know in their present state."""
+        out: dict[str, str] = {}
+        new: dict[str, dict[str, list]] = {}
+        for given in paths:
+            key = os.path.abspath(given)
+            st = os.stat(key)
+            stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+            name = self._shard_name(key)
+            entry = self._shard(name).get(key)
+            if isinstance(entry, list) and entry[:4] == stamp:
+                out[str(given)] = entry[4]
+                continue
+            digest = audio_digest(key)
+            self.hashed += 1
+            self._shards[name][key] = new.setdefault(name, {})[key] = [*stamp, digest]
+            out[str(given)] = digest
+            if sum(map(len, new.values())) >= self.SAVE_EVERY:
+                self._save(new)
+                new = {}
+        self._save(new)
+        return out
+
+    def _save(self, new: dict[str, dict[str, list]]) -> None:
+        if not new:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name, entries in new.items():
+            merged = self._read_shard(name) | entries  # keep what other processes saved meanwhile
+            tmp = self.dir / f".{name}.json.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps(merged, separators=(",", ":")))
+            os.replace(tmp, self.dir / f"{name}.json")
 
 
 def encoder_fingerprint(encoder: SpeechEncoder, reference: str, input_mode: str) -> str:
@@ -79,12 +172,18 @@ class FeatureCache:
         self.encoder = encoder
         self.fingerprint = encoder_fingerprint(encoder, reference, input_mode)
         self.dir = Path(root) / "features" / self.fingerprint
-        self._digests: dict[str, str] = {}  # audio path -> content digest (hashing is not free)
+        self.digests = AudioDigests(Path(root) / "features" / "audio-digests")
+        self._digests: dict[str, str] = {}  # audio path -> content digest, for this process
+
+    def _resolve(self, utts: Sequence[Utterance]) -> None:
+        todo = [u.audio for u in utts if u.audio not in self._digests]
+        if todo:
+            self._digests.update(self.digests.get(todo))
 
     def _path(self, utt: Utterance) -> Path:
-        d = self._digests.get(utt.audio)
-        if d is None:
-            d = self._digests[utt.audio] = audio_digest(utt.audio)
+        if utt.audio not in self._digests:
+            self._resolve([utt])
+        d = self._digests[utt.audio]
         return self.dir / d[:2] / f"{d}.safetensors"
 
     def estimate_bytes(self, utts: Sequence[Utterance]) -> int:
@@ -93,6 +192,8 @@ class FeatureCache:
         return frames * self.encoder.dim * 2
 
     def missing(self, utts: Sequence[Utterance]) -> list[Utterance]:
+        """The utterances whose frames are not cached (under this encoder, for their present audio)."""
+        self._resolve(utts)
         return [u for u in utts if not self._path(u).exists()]
 
     @torch.no_grad()

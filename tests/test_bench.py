@@ -104,8 +104,9 @@ def test_bench_runs_end_to_end_on_tiny_models(tmp_path: Path, libri, monkeypatch
     assert ours["config"]["share_prefix"] is True and ref["config"]["share_prefix"] is False
     assert {"loss", "acc", "wer"} <= set(ours["dev_after_steps"])
     assert result["grid"]["utterances"] == 8 and result["grid"]["with_cache_seconds"] > 0
+    assert [c["hashed"] for c in result["grid"]["lookups"]] == [8, 0, 0, 0]  # later cells read the digest index
     assert result["decode"]["identical_transcripts"] is True and result["decode"]["differing"] == []
     assert result["decode"]["matmul_batching_ceiling"] > 0
     assert set(result["targets"]) == {"train_speedup", "grid_cache_vs_one_pass", "decode_speedup", "useful_flops_fraction"}
     md = (tmp_path / "out" / "bench.md").read_text()
-    assert "reference settings" in md and "identical" in md
+    assert "reference settings" in md and "identical" in md and "digest index" in md

@@ -3,6 +3,7 @@ store never train a cell twice, a dead worker's cell is taken over after the cla
 processes filling the feature cache at once leave every file whole."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -137,10 +138,15 @@ def test_two_processes_fill_the_feature_cache_at_once(tmp_path: Path, utts_by_du
                             capture_output=True, text=True, timeout=240)
     assert single.returncode == 0, single.stderr[-2000:]
 
-    shared_files = sorted(p.relative_to(shared) for p in shared.rglob("*") if p.is_file())
-    alone_files = sorted(p.relative_to(alone) for p in alone.rglob("*") if p.is_file())
+    def files(root: Path, pattern: str) -> list[Path]:
+        return sorted(p.relative_to(root) for p in root.rglob(pattern) if p.is_file())
+
+    alone_files = files(alone, "*.safetensors")
     assert len(alone_files) == len(utts)
-    assert shared_files == alone_files  # no temporary file left behind, nothing missing
+    assert files(shared, "*.safetensors") == alone_files  # nothing missing
+    assert files(shared, "*") == files(alone, "*")  # no temporary file left behind
+    for shard in (shared / "features" / "audio-digests").glob("*.json"):  # the digest index: whole, if racy
+        assert isinstance(json.loads(shard.read_text()), dict)
     for rel in alone_files:
         a, b = load_file(str(shared / rel))["frames"], load_file(str(alone / rel))["frames"]
         assert a.dtype == torch.float16 and torch.equal(a, b), rel

@@ -103,6 +103,8 @@ def test_config_is_frozen() -> None:
         ("train.lr=2", "train.lr", 2.0),
         ("adapter.k=10", "adapter.k", 10),
         ("encoder.trainable=true", "encoder.trainable", True),
+        ("encoder.trainable=False", "encoder.trainable", False),
+        ("data.scan=off", "data.scan", "off"),  # YAML 1.2: a string, not the boolean YAML 1.1 makes of it
         ("train.clip=null", "train.clip", None),
         ("llm.system_prompt=", "llm.system_prompt", ""),
         ("llm.prompt=Write down what you hear.", "llm.prompt", "Write down what you hear."),
@@ -156,6 +158,7 @@ def test_unknown_key_suggests_and_lists() -> None:
         ("adapter.k=2.5", r"adapter.k: expected int, got 2.5"),
         ("adapter.k=true", r"adapter.k: expected int, got True"),
         ("encoder.trainable=1", r"encoder.trainable: expected bool, got 1"),
+        ("encoder.trainable=yes", r"encoder.trainable: expected bool, got 'yes'"),
         ("train.lr=fast", r"train.lr: expected float, got 'fast'"),
         ("encoder.input_mode=pad20", r"encoder.input_mode: expected one of 'native', 'pad30', got 'pad20'"),
         ("llm.lora.target_modules=q_proj", r"llm.lora.target_modules: expected a list of str"),
