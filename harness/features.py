@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from harness.atomic import replacing
 from harness.data.audio import SAMPLE_RATE, load_audio
 from harness.data.manifest import Utterance
 from harness.models.encoders import SpeechEncoder
@@ -129,9 +130,8 @@ class AudioDigests:
         self.dir.mkdir(parents=True, exist_ok=True)
         for name, entries in new.items():
             merged = self._read_shard(name) | entries  # keep what other processes saved meanwhile
-            tmp = self.dir / f".{name}.json.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps(merged, separators=(",", ":")))
-            os.replace(tmp, self.dir / f"{name}.json")
+            with replacing(self.dir / f"{name}.json") as tmp:
+                tmp.write_text(json.dumps(merged, separators=(",", ":")))
 
 
 def encoder_fingerprint(encoder: SpeechEncoder, reference: str, input_mode: str) -> str:
@@ -223,9 +223,8 @@ class FeatureCache:
     @staticmethod
     def _write(path: Path, frames: torch.Tensor) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"frames": frames.to(torch.float16).contiguous().cpu()}, str(tmp))
-        os.replace(tmp, path)  # atomic: readers see the old state or the whole file
+        with replacing(path) as tmp:  # readers see no file or the whole file
+            save_file({"frames": frames.to(torch.float16).contiguous().cpu()}, str(tmp))
 
     def load(self, utts: Sequence[Utterance], *, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """Padded ``B, T, D`` frames (fp32) and lengths for ``utts``; encodes any that are missing."""

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from harness.atomic import replacing
+
 
 class Tracker(Protocol):
     def log_params(self, params: dict[str, Any]) -> None: ...
@@ -74,9 +76,8 @@ class LocalTracker:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 class MlflowTracker:

@@ -117,12 +117,23 @@ def test_a_damaged_digest_index_costs_a_rehash_not_an_error(utts, tmp_path: Path
     assert not list((tmp_path / "index").glob(".*.tmp"))
 
 
-def test_an_index_saved_by_another_process_meanwhile_is_merged(utts, tmp_path: Path) -> None:
+def test_an_index_saved_by_another_process_meanwhile_is_merged(tmp_path: Path) -> None:
+    files = []
+    for i in range(40):  # 40 files in 16 shards: some shard holds at least three
+        f = tmp_path / f"{i}.flac"
+        f.write_bytes(bytes([i]) * 100)
+        files.append(str(f))
+    by_shard: dict[str, list[str]] = {}
+    for f in files:
+        by_shard.setdefault(AudioDigests._shard_name(f), []).append(f)
+    f1, f2, f3 = next(fs for fs in by_shard.values() if len(fs) >= 3)[:3]
+
     a, b = AudioDigests(tmp_path / "index"), AudioDigests(tmp_path / "index")
-    a.get([utts[0].audio, utts[1].audio])
-    b.get([utts[2].audio, utts[3].audio])  # b read its shards before a's entries existed in some of them
+    b.get([f1])  # b now holds the shard as it was: f1 only
+    a.get([f2])  # another process adds f2 to the same shard
+    b.get([f3])  # b's save must keep a's f2
     fresh = AudioDigests(tmp_path / "index")
-    fresh.get([u.audio for u in utts])
+    fresh.get([f1, f2, f3])
     assert fresh.hashed == 0
 
 

@@ -17,6 +17,8 @@ import soundfile as sf
 import soxr
 import torch
 
+from harness.atomic import replacing
+
 SAMPLE_RATE = 16000
 
 
@@ -122,6 +124,5 @@ def save_audio(path: str | os.PathLike, samples: np.ndarray | torch.Tensor, *, s
     fmt = {".wav": "WAV", ".flac": "FLAC"}.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"save_audio: unsupported suffix {path.suffix!r} in {path}; use .wav or .flac")
-    tmp = path.with_name(f".{path.name}.tmp")
-    sf.write(str(tmp), np.clip(samples, -1.0, 1.0), sample_rate, subtype="PCM_16", format=fmt)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        sf.write(str(tmp), np.clip(samples, -1.0, 1.0), sample_rate, subtype="PCM_16", format=fmt)

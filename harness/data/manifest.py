@@ -17,6 +17,8 @@ from pathlib import Path
 
 import soundfile as sf
 
+from harness.atomic import replacing
+
 from .audio import AudioError, load_audio
 
 REQUIRED_KEYS = ("id", "audio", "text", "duration")
@@ -109,12 +111,10 @@ def write_manifest(path: str | os.PathLike, utts: list[Utterance]) -> None:
         lines.append(json.dumps(row, ensure_ascii=False))
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write("".join(line + "\n" for line in lines))
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def check_audio_files(utts: list[Utterance], *, decode: bool = False) -> list[tuple[Utterance, str]]:
