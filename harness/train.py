@@ -261,8 +261,8 @@ class Trainer:
 
     def _setup_optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        # One fused kernel per step instead of a dozen passes over the parameters (2.6 ms vs 19 ms on
-        # 2 CPU cores for the linear projector's 5.1M parameters).
+        # One fused kernel per step instead of a dozen passes over the parameters (1.8 ms vs 6.6 ms on
+        # 2 CPU cores for the linear projector's 5.1M parameters: `python -m harness.bench_levers`).
         fused = self.device.type in ("cpu", "cuda")
         return torch.optim.AdamW(params, lr=self.cfg.train.lr, weight_decay=self.cfg.train.weight_decay, fused=fused)
 

@@ -110,3 +110,21 @@ def test_bench_runs_end_to_end_on_tiny_models(tmp_path: Path, libri, monkeypatch
     assert set(result["targets"]) == {"train_speedup", "grid_cache_vs_one_pass", "decode_speedup", "useful_flops_fraction"}
     md = (tmp_path / "out" / "bench.md").read_text()
     assert "reference settings" in md and "identical" in md and "digest index" in md
+
+
+def test_levers_script_times_every_lever_on_the_same_batches(tmp_path: Path, libri, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    from harness.bench_levers import main
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    utts = sorted((u for s in libri.values() for u in s), key=lambda u: u.duration)[:8]
+    write_manifest(tmp_path / "train.jsonl", utts)
+    main(["--train", str(tmp_path / "train.jsonl"), "--encoder", "tiny:whisper", "--llm", "tiny:llama", "--device", "cpu",
+          "--batches", "2", "--rounds", "2", "--workdir", str(tmp_path / "work")])
+    out = capsys.readouterr().out
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in out.splitlines() if line.startswith("| ") and "---" not in line}
+    assert rows["all levers on"].endswith("| 1.00x |") and rows["fused AdamW"].endswith("| 1.00x |")
+    assert {"prompt prefix run in every row", "frozen linears through F.linear", "AdamW, PyTorch's default implementation"} <= set(rows)
+    with pytest.raises(SystemExit):
+        main(["--train", str(tmp_path / "missing.jsonl")])
+    assert "missing.jsonl not found" in capsys.readouterr().err
