@@ -38,12 +38,11 @@ def make_client(uri: str | None = None):
     if uri.startswith("sqlite:///"):
         # Workers started together on a new SQLite store would all create (migrate) its tables at
         # once and fail ("table _alembic_tmp_... already exists"): one process at a time opens it.
-        import fcntl
+        import filelock
 
         db = Path(uri[len("sqlite:///") :])
         db.parent.mkdir(parents=True, exist_ok=True)
-        with open(f"{db}.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with filelock.FileLock(f"{db}.lock"):
             client = MlflowClient(tracking_uri=uri)  # opens the store: creates or upgrades the schema
             client.search_experiments(max_results=1)
     else:

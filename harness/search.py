@@ -50,6 +50,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import copy
+import hashlib
 import html
 import inspect
 import json
@@ -69,6 +70,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import filelock
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
@@ -742,7 +744,7 @@ class _Surplus(RuntimeError):
 
 def _take_slot(trial: optuna.Trial, n_trials: int) -> bool:
     """Is this trial among the first ``n_trials`` that count? Decided by trial number, which the
-    storage hands out atomically, so racing workers agree without a lock."""
+    storage hands out atomically, so workers on different machines (which share no lock) agree."""
     before = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number]
     return sum(_claims_a_slot(t) for t in before) < n_trials
 
@@ -861,6 +863,7 @@ def _work(
     deadline: float | None,
     grace_period: float,
     poll: float,
+    storage: str,
     client: Any | None = None,
 ) -> None:
     """One worker: run trials until the study holds ``n_trials`` counted trials (or the deadline).
@@ -869,18 +872,41 @@ def _work(
     belong to a dead worker, and its retry must still run.
     """
     target = math.inf if n_trials is None else n_trials
+    lock = _creation_lock(study, storage)
     while True:
         fail_stale_trials(study, grace_period=grace_period, client=client)
-        n = _tally(study)
-        if n["counted"] >= target or (deadline is not None and time.time() >= deadline):
-            return
-        if n["waiting"] == 0 and n["counted"] + n["running"] >= target:
-            time.sleep(poll)
-            continue
+        # Counting the trials and creating the next one happen under one lock, so that two workers
+        # on this machine that finish together do not both start the last trial. The objective
+        # releases the lock as soon as Optuna has created its trial; workers on other machines
+        # can still race, and the loser steps aside (see ``_take_slot``).
+        lock.acquire()
         try:
-            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
-        except optuna.exceptions.UpdateFinishedTrialError as e:
-            log.warning("a trial was declared dead while it ran (raise the heartbeat grace period): %s", e)
+            n = _tally(study)
+            if n["counted"] >= target or (deadline is not None and time.time() >= deadline):
+                return
+            if n["waiting"] == 0 and n["counted"] + n["running"] >= target:
+                lock.release()
+                time.sleep(poll)
+                continue
+
+            def created(trial: optuna.Trial) -> float:
+                lock.release()
+                return objective(trial)
+
+            try:
+                study.optimize(created, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            except optuna.exceptions.UpdateFinishedTrialError as e:
+                log.warning("a trial was declared dead while it ran (raise the heartbeat grace period): %s", e)
+        finally:
+            if lock.is_locked:  # Optuna failed before the objective ran, or we returned
+                lock.release()
+
+
+def _creation_lock(study: optuna.Study, storage: str) -> filelock.BaseFileLock:
+    """A lock shared by this machine's workers of one study (any process, any runs folder)."""
+    where = storage if "://" in storage else os.path.abspath(storage)
+    key = hashlib.sha1(f"{where}\0{study.study_name}".encode()).hexdigest()[:16]
+    return filelock.FileLock(Path(tempfile.gettempdir()) / f"harness-optuna-{key}.lock", thread_local=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1075,7 +1101,7 @@ class _WorkerJob:
             n_trials=self.n_trials, heartbeat_interval=self.heartbeat_interval, progress=self.progress,
         )
         _work(optuna_study, objective, n_trials=self.n_trials, deadline=self.deadline, grace_period=self.grace_period,
-              poll=min(5.0, self.heartbeat_interval), client=client)
+              poll=min(5.0, self.heartbeat_interval), storage=self.storage, client=client)
 
 
 def _worker_main(job: _WorkerJob) -> None:

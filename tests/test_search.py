@@ -5,6 +5,7 @@ storages, an MLflow SQLite store, worker processes, SIGKILL. Trials are a few op
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -316,6 +317,64 @@ def test_two_workers_share_a_journal(tmp_path, manifests):
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert len({r.data.tags["harness.cell_hash"] for r in runs}) == 3
     assert len(list((tmp_path / "runs").rglob("result.json"))) == 3  # three trainings, no more
+
+
+def test_workers_that_finish_together_start_exactly_n_trials(tmp_path):
+    """Four workers on one journal, ten trials, and trials that end at once: counting the trials and creating
+    the next one happen under one lock, so none starts a trial past the total (CI once caught two
+    workers both starting the last trial of three)."""
+    import threading
+
+    from harness.search import _tally, _work
+
+    journal = str(tmp_path / "optuna-journal.log")
+    optuna.create_study(storage=open_storage(journal), study_name="race")
+    barrier = threading.Barrier(4)
+
+    def objective(trial: optuna.Trial) -> float:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=0.5)  # the first rounds finish together, as in CI
+        return float(trial.number)
+
+    def worker() -> None:
+        study = optuna.load_study(storage=open_storage(journal), study_name="race")
+        _work(study, objective, n_trials=10, deadline=None, grace_period=60.0, poll=0.05, storage=journal)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    study = optuna.load_study(storage=open_storage(journal), study_name="race")
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 10
+    assert _tally(study)["counted"] == 10
+
+
+def test_a_trial_started_past_the_total_steps_aside(tmp_path, manifests):
+    """Workers on two machines can still race for the last trial: the loser trains nothing, leaves
+    no MLflow run, and its FAIL does not count towards n_trials."""
+    from harness.search import ATTR_SURPLUS, _Surplus, _tally
+
+    study = load_study(study_file(tmp_path, manifests, LR_SEARCH))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("surplus")
+    ostudy = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'optuna.db'}"), study_name="s")
+    dist = optuna.distributions.FloatDistribution(1e-7, 1e-1, log=True)
+    for lr in (1e-3, 2e-3):
+        ostudy.add_trial(optuna.trial.create_trial(params={"train.lr": lr}, distributions={"train.lr": dist},
+                                                    value=1.0))
+    winner, loser = ostudy.ask(), ostudy.ask()  # the other machine's trial 2 is running
+    objective = make_objective(study, client=client, parent_run_id=None, experiment_id=experiment_id,
+                               runs_root=tmp_path / "runs", study_name="s", n_trials=3)
+    with pytest.raises(_Surplus, match="trial 3: the study already has 3 trials"):
+        objective(loser)
+    ostudy.tell(loser, state=TrialState.FAIL)
+    ostudy.tell(winner, 1.0)
+    assert ostudy.get_trials()[3].user_attrs[ATTR_SURPLUS] is True
+    assert _tally(ostudy)["counted"] == 3
+    assert mlflow_runs(uri, "surplus", "trial") == []
+    assert not (tmp_path / "runs").exists()
 
 
 def test_search_resumes_after_a_killed_worker(tmp_path, manifests):
