@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -71,6 +72,25 @@ class EncoderConfig:
 
 
 @dataclass(frozen=True)
+class CTCConfig:
+    """Auxiliary CTC supervision of the projector (a departure from the paper; off by default).
+    See :mod:`harness.models.ctc`."""
+
+    weight: float = 0.0
+    """Weight of the CTC loss on the projector's outputs read as the LLM's tokens (logits = output x
+    the LLM's embedding matrix, plus a learned blank); 0: off, the paper's recipe."""
+    compress: bool = False
+    """Feed the LLM one vector per CTC token: drop frames whose best class is the blank and merge runs
+    of the same token (needs ``weight`` > 0)."""
+    readout: Literal["projector", "posterior"] = "projector"
+    """With ``compress``: a merged run gives the LLM its mean projector vector (rescaled to the token
+    embeddings' RMS), or its mean posterior over tokens times the embedding matrix."""
+    lm_after: int = 0
+    """Optimizer steps that train the CTC loss alone before the LM loss joins (the LLM does not run in
+    them, so they cost a fraction of a step); 0: both from the start."""
+
+
+@dataclass(frozen=True)
 class AdapterConfig:
     projector: str = "linear"
     """Projector name in the registry: ``linear``, ``conv1d`` or ``qformer``."""
@@ -86,6 +106,8 @@ class AdapterConfig:
     """Q-Former: number of transformer layers."""
     output_norm: bool = False
     """RMS-normalise the projector's output to the LLM's token-embedding scale."""
+    ctc: CTCConfig = field(default_factory=CTCConfig)
+    """Optional auxiliary CTC loss and CTC compression (a departure from the paper)."""
 
 
 @dataclass(frozen=True)
@@ -207,6 +229,8 @@ _CHECKS: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("adapter.hidden", lambda v: v >= 1, ">= 1"),
     ("adapter.qformer_queries", lambda v: v >= 1, ">= 1"),
     ("adapter.qformer_layers", lambda v: v >= 1, ">= 1"),
+    ("adapter.ctc.weight", lambda v: math.isfinite(v) and v >= 0, ">= 0 and finite"),
+    ("adapter.ctc.lm_after", lambda v: v >= 0, ">= 0"),
     ("llm.lora.rank", lambda v: v >= 1, ">= 1"),
     ("llm.lora.alpha", lambda v: v > 0, "> 0"),
     ("llm.lora.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -236,6 +260,13 @@ def _validate(cfg: RunConfig, where: typing.Callable[[str], str]) -> None:
         value = get_path(cfg, key)
         if not ok(value):
             raise ConfigError(f"{where(key)}{key}: expected {expected}, got {value!r}")
+    ctc = cfg.adapter.ctc
+    for key, on in (("adapter.ctc.compress", ctc.compress), ("adapter.ctc.lm_after", ctc.lm_after > 0)):
+        if on and ctc.weight == 0:
+            raise ConfigError(f"{where(key)}{key}: needs adapter.ctc.weight > 0 (the CTC head it relies on is trained by that loss)")
+    if ctc.lm_after >= cfg.train.max_steps:
+        raise ConfigError(f"{where('adapter.ctc.lm_after')}adapter.ctc.lm_after: expected < train.max_steps "
+                          f"({cfg.train.max_steps}), got {ctc.lm_after} (the LM loss would never train)")
     for key in ("encoder.name", "llm.name"):
         ref = get_path(cfg, key)
         if not ref.startswith(_REFERENCE_SCHEMES) or ref.split(":", 1)[1] == "":
@@ -489,9 +520,24 @@ def canonical_json(cfg: Any) -> str:
     return json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
+# Sections added after stores full of runs existed: at their defaults they are left out of the
+# identity, so every cell run before they existed keeps its hash (and is skipped, not retrained).
+_ADDED_LATER: dict[str, Any] = {"adapter.ctc": CTCConfig()}
+
+
 def config_hash(cfg: Any) -> str:
     """The run's identity: sha256 of its canonical JSON (independent of key order in the YAML)."""
-    return hashlib.sha256(canonical_json(cfg).encode()).hexdigest()
+    data = to_dict(cfg)
+    if isinstance(cfg, RunConfig):
+        for key, default in _ADDED_LATER.items():
+            if get_path(cfg, key) == default:
+                *parents, leaf = key.split(".")
+                section = data
+                for p in parents:
+                    section = section[p]
+                del section[leaf]
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def to_yaml(cfg: Any) -> str:

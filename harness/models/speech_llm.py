@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from harness.config import LLMConfig
 from harness.models.adapters import Projector
+from harness.models.ctc import CTCHead
 from harness.models.encoders import SpeechEncoder
 from harness.models.kv_cache import preallocated_cache
 from harness.models.packed import use_packed_linears
@@ -97,11 +98,18 @@ class SpeechLLM(nn.Module):
         *,
         train_encoder: bool = False,
         output_norm: bool = False,
+        ctc: CTCHead | None = None,
+        ctc_weight: float = 0.0,
+        ctc_compress: bool = False,
     ) -> None:
         super().__init__()
         self.encoder, self.projector, self.llm, self.prompt = encoder, projector, llm, prompt
         self.train_encoder = train_encoder
         self.output_norm = output_norm
+        if (ctc_weight > 0 or ctc_compress) and ctc is None:
+            raise ValueError("a CTC weight or CTC compression needs a CTCHead")
+        self.ctc, self.ctc_weight, self.ctc_compress = ctc, ctc_weight, ctc_compress
+        self.run_lm = True  # False: the LLM does not run in training, only the CTC loss trains (adapter.ctc.lm_after)
         self.full_vocab_logits = False  # True: the reference code's LM head over every position (benchmarks)
         self.share_prefix = True  # False: every row recomputes the prompt prefix (the reference code; benchmarks)
         self.gradient_checkpointing = False
@@ -122,10 +130,34 @@ class SpeechLLM(nn.Module):
             return self.encoder(waves)
 
     def project(self, frames: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder frames -> what the LLM reads: ``B, T, D -> B, T', H_llm`` (and lengths)."""
+        return self._project(frames, lengths)[:2]
+
+    def _project(self, frames: torch.Tensor, lengths: torch.Tensor):
+        """As :meth:`project`, plus the CTC logits of the projector's frames and their lengths (or None)."""
         x, lengths = self.projector(frames, lengths)  # B, T, D -> B, T', H_llm
-        if self.output_norm:  # match the scale of the token embeddings around the speech
+        if self.ctc is None:
+            if self.output_norm:  # match the scale of the token embeddings around the speech
+                x = x * (self.embed_rms / (x.pow(2).mean(-1, keepdim=True).sqrt() + 1e-6))
+            return x, lengths, None, None
+        emb = self.llm.get_input_embeddings()
+        logits = self.ctc.logits(x, emb.weight)  # B, T', H -> B, T', V+1
+        ctc_lens = lengths
+        if self.ctc_compress:  # B, T', H -> B, S, H: one vector per CTC token
+            x, lengths = self.ctc.compress(x, lengths, logits, emb.weight, self.embed_rms,
+                                           float(getattr(emb, "embed_scale", 1.0)))
+        elif self.output_norm:
             x = x * (self.embed_rms / (x.pow(2).mean(-1, keepdim=True).sqrt() + 1e-6))
-        return x, lengths
+        return x, lengths, logits, ctc_lens
+
+    @torch.no_grad()
+    def ctc_transcribe(self, frames: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        """The CTC head's greedy reading of the projector's frames, as text (no LLM involved)."""
+        if self.ctc is None:
+            raise ValueError("this model has no CTC head (adapter.ctc.weight is 0)")
+        _, _, logits, ctc_lens = self._project(frames, lengths)
+        ids = self.ctc.greedy(logits, ctc_lens)
+        return [t.strip() for t in self.prompt.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     # ---------------------------------------------------------------- sequence assembly
     def build_inputs(
@@ -248,9 +280,25 @@ class SpeechLLM(nn.Module):
         return self.forward_frames(frames, lengths, texts)
 
     def forward_frames(self, frames: torch.Tensor, lengths: torch.Tensor, texts: list[str]) -> dict[str, torch.Tensor]:
-        speech, speech_lens = self.project(frames, lengths)
+        """Losses of a batch: ``loss`` (LM cross-entropy), ``correct``/``tokens`` (teacher-forced accuracy),
+        ``ctc_loss`` with a CTC head, and ``objective``, what training minimises: loss + weight x ctc_loss
+        (the CTC loss alone while ``run_lm`` is off; ``loss`` is then NaN and ``correct`` 0)."""
+        speech, speech_lens, logits, ctc_lens = self._project(frames, lengths)
         targets = [self.prompt.target_ids(t) for t in texts]
-        return self.lm_loss(self.build_inputs(speech, speech_lens, targets, left_pad=False, shared_prefix=self.shares_prefix))
+        out: dict[str, torch.Tensor]
+        if self.run_lm or not self.training:
+            out = self.lm_loss(self.build_inputs(speech, speech_lens, targets, left_pad=False, shared_prefix=self.shares_prefix))
+            out["objective"] = out["loss"]
+        else:
+            n = sum(len(t) for t in targets)
+            out = {"loss": torch.tensor(float("nan")), "correct": torch.tensor(0), "tokens": torch.tensor(n),
+                   "objective": torch.zeros((), device=speech.device)}
+        if logits is not None:
+            ctc = self.ctc.loss(logits, ctc_lens, [t[:-1] for t in targets])  # the transcript's tokens, no EOS
+            out["ctc_loss"] = ctc.detach()
+            if self.ctc_weight > 0:
+                out["objective"] = out["objective"] + self.ctc_weight * ctc
+        return out
 
     # ---------------------------------------------------------------- decoding
     @torch.no_grad()
@@ -274,7 +322,7 @@ class SpeechLLM(nn.Module):
         ``synced``: keep stepping until every process is done (sharded weights need all ranks in each pass).
         """
         caps = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * frames.shape[0]
-        speech, speech_lens = self.project(frames, lengths)
+        speech, speech_lens = self.project(frames, lengths)  # B, T', H (compressed to B, S, H with CTC compression)
         if beam == 1 and not synced:
             inputs = self.build_inputs(speech, speech_lens, None, left_pad=True, shared_prefix=self.shares_prefix)
             rows = self._greedy(inputs, caps)
