@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -118,9 +119,20 @@ def data() -> None:
     """Build JSONL manifests: synthetic speech, LibriSpeech trees."""
 
 
+BOOK_TEXT = "book"  # --text book: the installed book text (Jane Austen's novels), beside other sources
+
+
+def _text_source(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
+    for v in values:
+        if v != BOOK_TEXT and not Path(v).is_file():
+            raise click.BadParameter(f"{v!r}: no such file (or '{BOOK_TEXT}' for the installed book text)")
+    return values
+
+
 @data.command("synth")
-@click.option("--text", "texts", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Sentence source(s): a TSV with a 'text' column or plain text. Default: the installed book text.")
+@click.option("--text", "texts", multiple=True, callback=_text_source,
+              help="Sentence source(s): a TSV with a 'text' column, plain text, or 'book' (the installed book text). "
+                   "Default: the installed book text.")
 @click.option("--out", default="data/synth", show_default=True, type=click.Path(file_okay=False))
 @click.option("--n-train", default=1200, show_default=True)
 @click.option("--n-dev", default=100, show_default=True)
@@ -135,7 +147,8 @@ def data_synth(texts, out, n_train, n_dev, n_test, n_test_unseen, seed, workers,
     """Speak book sentences with several offline TTS voices into train/dev/test/test_unseen."""
     from harness.data import synth
 
-    sources = [Path(t) for t in texts] or synth.default_text_source()
+    sources = [p for t in texts for p in (synth.default_text_source() if t == BOOK_TEXT else [Path(t)])]
+    sources = sources or synth.default_text_source()
     sentences: list[str] = []
     for src in sources:
         sentences.extend(synth.load_sentences(src))
@@ -261,23 +274,45 @@ def _load_run(run_dir: str):
 @click.option("--beam", type=int, default=None, help="Override decode.beam.")
 @_friendly
 def eval_cmd(run_dir: str, splits: tuple[str, ...], beam: int | None) -> None:
-    """Decode test splits with a trained run and print WER (S/D/I)."""
+    """Decode splits with a trained run; print WER (S/D/I) under both normalisers.
+
+    ``librispeech`` keeps letters, digits and apostrophes, uppercased; ``whisper`` is Whisper's English
+    normaliser, which also unifies numbers ("1813" = "eighteen thirteen") and abbreviations. Audio of
+    any sample rate and channel count is resampled to 16 kHz mono. A run with a CTC head also gets
+    the WER of the head's own greedy reading (no LLM).
+    """
     import dataclasses
 
     from harness.data.manifest import read_manifest
-    from harness.decode import evaluate_split
+    from harness.decode import ctc_transcribe, evaluate_split
+    from harness.metrics import NORMALISERS, word_errors
 
+    if beam is not None and beam < 1:
+        raise HarnessError(f"--beam: expected >= 1, got {beam}")
+    named = {}
+    for spec in splits:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise HarnessError(f"--split {spec!r}: expected NAME=MANIFEST, e.g. --split real=data/real.jsonl")
+        if not Path(path).is_file():
+            raise HarnessError(f"--split {spec!r}: manifest {path} not found")
+        named[name] = path
     cfg, model = _load_run(run_dir)
     decode_cfg = dataclasses.replace(cfg.decode, beam=beam) if beam else cfg.decode
-    named = dict(s.split("=", 1) for s in splits) if splits else {
-        **cfg.data.test, **{k: v for k, v in cfg.data.optional_test.items() if Path(v).exists()}
-    }
+    if not named:
+        named = {**cfg.data.test, **{k: v for k, v in cfg.data.optional_test.items() if Path(v).exists()}}
     for name, path in named.items():
-        res = evaluate_split(model, name, read_manifest(path), decode_cfg)
-        w = res.wer
-        click.echo(
-            f"{name:<28} WER {100 * w.wer:6.2f}%  (S {w.substitutions}, D {w.deletions}, I {w.insertions}, N {w.ref_words})"
-        )
+        utts = read_manifest(path)
+        res = evaluate_split(model, name, utts, decode_cfg)
+        readings = {"llm": [r["hypothesis"] for r in res.rows]}
+        if model.ctc is not None:
+            readings["ctc head"] = ctc_transcribe(model, utts, batch_size=decode_cfg.batch_size)
+        refs = [u.text for u in utts]
+        for reading, hyps in readings.items():
+            for norm in NORMALISERS:
+                w = word_errors(refs, hyps, normaliser=norm)[0]
+                click.echo(f"{name:<20} {reading:<8} {norm:<11} WER {100 * w.wer:6.2f}%  "
+                           f"(S {w.substitutions}, D {w.deletions}, I {w.insertions}, N {w.ref_words})")
 
 
 @main.command()
@@ -385,7 +420,7 @@ def bench(ctx, steps: int, warmup: int, encoder: str, llm: str, train_manifest: 
         raise click.ClickException(f"--steps ({steps}) must exceed --warmup ({warmup})")
     corpus = Path(train_manifest).parent.as_posix()
     if corpus in SYNTH_CORPORA and not Path(train_manifest).exists():  # data/synth, data/synth-digits
-        _synthesize(ctx, corpus, n_train=800, n_eval=60)
+        _synthesize(ctx, corpus)
     for path in (train_manifest, dev_manifest):
         if not Path(path).is_file():
             raise click.ClickException(f"manifest {path} not found (make the corpus with `harness quickstart` or `harness data synth`)")
@@ -402,19 +437,39 @@ def _fmt_emergence(metrics: dict[str, float]) -> str:
     return "no" if metrics.get("emerged") == 0 else "-"
 
 
-# The synthetic corpora that shipped studies read: folder -> sentence source (None: the installed book text).
-SYNTH_CORPORA: dict[str, str | None] = {
-    "data/synth": None,
-    "data/synth-digits": "studies/corpora/digits.txt",
+@dataclass(frozen=True)
+class SynthCorpus:
+    """A synthetic corpus that shipped studies read, made on first use."""
+
+    texts: tuple[str, ...] = ()
+    """Sentence sources (``book``: the installed book text); ``()``: the book text alone. Sources under
+    ``../shared/data`` are used when present and skipped, with a message, when not."""
+    n_train: int = 800
+    """Training utterances."""
+    n_eval: int = 60
+    """Utterances in each of dev, test and test_unseen."""
+
+
+_LIBRISPEECH_TEXTS = ("../shared/data/texts/librispeech-train-clean-5.tsv", "../shared/data/texts/librispeech-dev-clean-2.tsv")
+SYNTH_CORPORA: dict[str, SynthCorpus] = {
+    "data/synth": SynthCorpus(),
+    "data/synth-digits": SynthCorpus(("studies/corpora/digits.txt",)),
+    # English: LibriSpeech's own sentence style first, then Jane Austen to reach 6,000 training sentences.
+    "data/synth-en": SynthCorpus((*_LIBRISPEECH_TEXTS, BOOK_TEXT), n_train=6000),
 }
 
 
-def _synthesize(ctx, folder: str, *, n_train: int, n_eval: int, texts: tuple[str, ...] = ()) -> None:
+def _synthesize(ctx, folder: str, *, n_train: int | None = None, n_eval: int | None = None, texts: tuple[str, ...] = ()) -> None:
     """Make one of the SYNTH_CORPORA (``texts`` replaces the book text of ``data/synth``)."""
-    source = SYNTH_CORPORA[folder]
-    sources = texts if (texts and source is None) else ((source,) if source else ())
-    click.echo(f"{folder}: synthesizing {n_train} + 3 x {n_eval} utterances from {source or 'the book text'}")
-    ctx.invoke(data_synth, texts=sources, out=folder, n_train=n_train, n_dev=n_eval, n_test=n_eval,
+    corpus = SYNTH_CORPORA[folder]
+    sources = texts if (texts and not corpus.texts) else corpus.texts
+    present = tuple(t for t in sources if t == BOOK_TEXT or Path(t).is_file())
+    for t in sorted(set(sources) - set(present)):
+        click.echo(f"{folder}: sentence source {t} not found, skipped")
+    n_train = corpus.n_train if n_train is None else n_train
+    n_eval = corpus.n_eval if n_eval is None else n_eval
+    click.echo(f"{folder}: synthesizing {n_train} + 3 x {n_eval} utterances from {', '.join(present) or 'the book text'}")
+    ctx.invoke(data_synth, texts=present, out=folder, n_train=n_train, n_dev=n_eval, n_test=n_eval,
                n_test_unseen=n_eval, seed=0, workers=os.cpu_count() or 1, voices=None, unseen_voices=None)
 
 
@@ -430,8 +485,8 @@ def _manifests(cfg) -> list[str]:
               help="LibriSpeech tree for the real-speech test split (skipped when absent).")
 @click.option("--text", "texts", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Sentence source(s) for the synthetic corpus (default: the installed book text).")
-@click.option("--n-train", default=800, show_default=True)
-@click.option("--n-eval", default=60, show_default=True, help="Utterances in each of dev/test/test_unseen.")
+@click.option("--n-train", type=int, default=None, help="Training utterances of a corpus it makes (default: the corpus's own, 800; 6,000 for data/synth-en).")
+@click.option("--n-eval", type=int, default=None, help="Utterances in each of dev/test/test_unseen (default: 60).")
 @_tracking_option
 @click.pass_context
 def quickstart(ctx, study_file, librispeech, texts, n_train, n_eval, tracking_uri) -> None:
