@@ -373,3 +373,24 @@ def test_notebook_executes(store, monkeypatch):
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the emergence figure
     html_out = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
     assert 'id="table-runs"' in html_out and "k2" in html_out
+
+
+def test_emergence_table_names_every_cell_and_its_figures(store, runs, capsys):
+    """`python -m analysis.emergence_table` on the real store: one row per run, named by run name and
+    cell hash, with dev accuracy at each evaluation (steps 5 and 10) and the test WER."""
+    from analysis import emergence_table
+
+    emergence_table.main([str(store["study"]), "--tracking-uri", store["uri"]])
+    text = capsys.readouterr().out
+    lines = [line for line in text.splitlines() if line.startswith("|")][2:]  # past header and rule
+    assert "| cell | hash | state | emergence step | minutes to emergence |" in text
+    assert len(lines) == len(runs) == 4
+    for (_, r), line in zip(runs.iterrows(), lines):
+        assert r.run_name.replace("|", "\\|") in line and str(r.cell_hash)[:12] in line  # Markdown escapes "|"
+    table = emergence_table.emergence_table(runs, data.load_histories(store["study"], emergence_table.HISTORY,
+                                                                     tracking_uri=store["uri"], runs=runs))
+    done = table[table.state == "done"]
+    assert len(done) == 3
+    assert all(re.fullmatch(r"\d\.\d{3}@5 / \d\.\d{3}@10", v) for v in done["dev acc at steps"])
+    assert all(re.fullmatch(r"\d+\.\d", v) for v in done["WER test-clean (%)"])
+    assert (table[table.state == "failed"]["WER test-clean (%)"] == "-").all()
