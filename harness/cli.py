@@ -536,6 +536,10 @@ from harness.search_cli import dashboard_command, search_command  # noqa: E402 -
 main.add_command(search_command)
 main.add_command(dashboard_command)
 
+from harness.gpu_check_cli import gpu_check_command  # noqa: E402 - after main exists
+
+main.add_command(gpu_check_command)
+
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
