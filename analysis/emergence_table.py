@@ -3,7 +3,7 @@
     python -m analysis.emergence_table studies/english_emergence.yaml [--tracking-uri URI]
 
 One row per finished or running cell, named by its run name and cell hash: the emergence step
-(``harness.emergence``), the training minutes to it (the sum of ``train/step_seconds`` up to that
+(``harness.emergence``; for a run not finished, the same detector on its steps so far, saying at which step), the training minutes to it (the sum of ``train/step_seconds`` up to that
 step: training only, evaluations excluded), the median seconds per step, dev teacher-forced accuracy
 at every evaluation, the CTC head's own dev WER at the last evaluation (cells with ``adapter.ctc``),
 and the WER of every test split. Printed as Markdown.
@@ -17,9 +17,10 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.data import load_histories, load_runs
+from harness.emergence import find_emergence
 from analysis.tables import Table
 
-HISTORY = ("train/step_seconds", "dev/acc", "dev/ctc_wer")
+HISTORY = ("train/step_seconds", "train/acc", "dev/acc", "dev/ctc_wer")
 
 
 def _series(histories: pd.DataFrame, run_id: str, metric: str) -> pd.Series:
@@ -39,11 +40,15 @@ def emergence_table(runs: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame
         secs = _series(histories, r.run_id, "train/step_seconds")
         acc = _series(histories, r.run_id, "dev/acc")
         ctc = _series(histories, r.run_id, "dev/ctc_wer")
-        step = r.get("emergence_step")
-        emerged = r.get("emerged") == 1 and not math.isnan(step)
+        step, emerged, note = r.get("emergence_step"), r.get("emerged"), ""
+        train_acc = _series(histories, r.run_id, "train/acc")
+        if (emerged is None or math.isnan(emerged)) and len(train_acc):  # not finished: the detector on the steps so far
+            found = find_emergence(list(train_acc.index), list(train_acc.to_numpy()))
+            emerged, step, note = float(found.emerged), found.step if found.emerged else math.nan, f" (at step {int(train_acc.index[-1])})"
+        emerged = emerged == 1 and not math.isnan(step)
         row = {
             "cell": r.run_name, "hash": str(r.cell_hash)[:12], "state": r.state,
-            "emergence step": int(step) if emerged else ("none" if r.get("emerged") == 0 else "-"),
+            "emergence step": (f"{int(step)}" if emerged else "none" if r.get("emerged") == 0 or note else "-") + note,
             "minutes to emergence": f"{secs[secs.index <= step].sum() / 60:.1f}" if emerged else "-",
             "s/step": f"{secs.median():.2f}" if len(secs) else "-",
             "dev acc at steps": " / ".join(f"{v:.3f}@{int(s)}" for s, v in acc.items()) or "-",
