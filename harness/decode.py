@@ -29,11 +29,13 @@ def speech_frames(
     return model.encode([load_audio(u.audio) for u in utts])
 
 
-def _token_cap(utt: Utterance, cfg: DecodeConfig) -> int:
-    """Most tokens this utterance may generate: a per-utterance cap, so batching never changes a transcript."""
+def _token_cap(seconds: float, cfg: DecodeConfig) -> int:
+    """Most tokens an utterance of ``seconds`` may generate: a per-utterance cap, so batching never
+    changes a transcript. The seconds come from the encoder frames of the audio itself, not from
+    the manifest's ``duration`` (which a wrong manifest would turn into a cap of a few tokens)."""
     if cfg.tokens_per_second is None:
         return cfg.max_new_tokens
-    return min(cfg.max_new_tokens, int(math.ceil(utt.duration * cfg.tokens_per_second)) + 16)
+    return min(cfg.max_new_tokens, int(math.ceil(seconds * cfg.tokens_per_second)) + 16)
 
 
 def transcribe(
@@ -63,7 +65,7 @@ def transcribe(
         for idx, real in dist.batches(order, cfg.batch_size):
             batch = [utts[i] for i in idx]
             frames, lengths = speech_frames(model, batch, features)
-            caps = [_token_cap(u, cfg) for u in batch]
+            caps = [_token_cap(float(n) / model.encoder.frame_rate, cfg) for n in lengths]
             out = model.generate_frames(frames, lengths, beam=cfg.beam, max_new_tokens=caps, synced=dist.enabled)
             if real:
                 mine.update(zip(idx, out))

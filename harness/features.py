@@ -226,11 +226,30 @@ class FeatureCache:
         with replacing(path) as tmp:  # readers see no file or the whole file
             save_file({"frames": frames.to(torch.float16).contiguous().cpu()}, str(tmp))
 
+    def _read(self, utt: Utterance, *, retry: bool = True) -> torch.Tensor | None:
+        """One entry's ``T, D`` frames; a corrupt entry (truncated, not safetensors, wrong shape) is
+        removed with a warning naming it and ``None`` returned, so the caller recomputes it."""
+        path = self._path(utt)
+        try:
+            frames = load_file(str(path))["frames"]
+            if frames.dim() != 2 or frames.shape[1] != self.encoder.dim:
+                raise ValueError(f"frames of shape {tuple(frames.shape)}, expected (T, {self.encoder.dim})")
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            if not retry:
+                raise RuntimeError(f"feature cache entry {path} for {utt.audio} is unreadable after recomputing: {e}") from e
+            log.warning("feature cache entry %s (audio %s) is corrupt (%s): recomputing it", path, utt.audio, e)
+            path.unlink(missing_ok=True)
+            return None
+        return frames.float()
+
     def load(self, utts: Sequence[Utterance], *, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """Padded ``B, T, D`` frames (fp32) and lengths for ``utts``; encodes any that are missing."""
         if self.missing(utts):
             self.fill(utts, progress=False)
-        seqs = [load_file(str(self._path(u)))["frames"].float() for u in utts]
+        seqs = [self._read(u) for u in utts]
+        if any(s is None for s in seqs):  # corrupt entries were removed: compute them again
+            self.fill(utts, progress=False)
+            seqs = [s if s is not None else self._read(u, retry=False) for u, s in zip(utts, seqs)]
         lengths = torch.tensor([s.shape[0] for s in seqs], device=device)
         frames = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True).to(device)
         return frames, lengths

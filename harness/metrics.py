@@ -1,10 +1,21 @@
 """Word error rate with jiwer after normalisation, with substitution/deletion/insertion counts.
 
-Two normalisers: ``librispeech`` (uppercase, letters/digits/apostrophes only, collapsed spaces:
-LibriSpeech's own transcript convention) and ``whisper`` (Whisper's English text normaliser from
-transformers, which also unifies numbers and abbreviations; British/American spellings only when
-transformers ships the spelling table, which 5.x does not: it lives in Whisper checkpoints'
-``normalizer.json``, so "colour" and "color" stay different words).
+Two normalisers, both defined on every script (a word is a run of Unicode letters, marks, digits
+and apostrophes; nothing a transcript says is deleted):
+
+- ``librispeech``: LibriSpeech's transcript convention extended beyond ASCII: uppercase,
+  punctuation and symbols become spaces, diacritics on *Latin* letters are dropped ("café" ->
+  "CAFE", "łódź" -> "ŁODZ": LibriSpeech's own texts have none), every other script keeps its marks
+  (Devanagari vowel signs, Thai tones). Scripts written without spaces between words (Han, kana,
+  Thai, Lao, Khmer, Myanmar, Tibetan) are split into one token per character, so on them the
+  "WER" is a character error rate (the mixed error rate of multilingual ASR papers).
+- ``whisper``: Whisper's English text normaliser from transformers (unifies numbers and
+  abbreviations: "1813" = "eighteen thirteen"). It is English-only (it deletes marks and rewrites
+  English words), so a pair whose reference or hypothesis has letters outside the Latin script
+  is normalised as ``librispeech`` does, lowercased. British/American spellings are unified only
+  when transformers ships the spelling table, which 5.x does not (it lives in Whisper
+  checkpoints' ``normalizer.json``), so "colour" and "color" stay different words.
+
 """
 from __future__ import annotations
 
@@ -16,17 +27,45 @@ from functools import lru_cache
 
 import jiwer
 
-_NON_WORD = re.compile(r"[^A-Z0-9' ]+")
+# Scripts that do not separate words with spaces: each character is a token.
+_UNSPACED = re.compile(
+    "([\u0e00-\u0eff\u0f00-\u0fff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u31f0-\u31ff"
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f])"
+)
 _SPACES = re.compile(r"\s+")
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u02bc": "'"})
+
+
+def _is_latin(c: str) -> bool:
+    o = ord(c)
+    return o < 0x250 or 0x1E00 <= o < 0x1F00 or 0x2C60 <= o < 0x2C80 or 0xA720 <= o < 0xA800
+
+
+def _has_non_latin_letters(text: str) -> bool:
+    return any(unicodedata.category(c)[0] == "L" and not _is_latin(c) for c in text)
+
+
+def _word_chars(text: str) -> str:
+    """NFKC, Latin diacritics dropped, everything but letters/marks/digits/apostrophes -> space."""
+    out: list[str] = []
+    for c in unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).translate(_APOSTROPHES)):
+        cat = unicodedata.category(c)
+        if cat[0] == "M":
+            if out and _is_latin(out[-1]):
+                continue  # a diacritic on a Latin letter
+            out.append(c)
+        elif cat[0] in "LN" or c == "'":
+            out.append(c)
+        else:
+            out.append(" ")
+    text = _UNSPACED.sub(r" \1 ", unicodedata.normalize("NFC", "".join(out)))
+    return " ".join(w.strip("'") for w in text.split() if w.strip("'"))  # quotes, not apostrophes in words
 
 
 def normalize_librispeech(text: str) -> str:
-    """``"Hello, world -- it's me!"`` -> ``"HELLO WORLD IT'S ME"``; ``"café"`` -> ``"CAFE"``."""
-    # Strip diacritics first: otherwise "café" would lose its last letter and "naïve" split in two.
-    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-    text = _NON_WORD.sub(" ", text.upper().replace("\u2019", "'"))
-    text = " ".join(w.strip("'") for w in text.split())  # quotes, not apostrophes inside words
-    return _SPACES.sub(" ", text).strip()
+    """``"Hello, world -- it's me!"`` -> ``"HELLO WORLD IT'S ME"``; ``"café"`` -> ``"CAFE"``;
+    ``"Привет, мир"`` -> ``"ПРИВЕТ МИР"``; ``"你好世界"`` -> ``"你 好 世 界"``."""
+    return _word_chars(text).upper()
 
 
 @lru_cache(maxsize=1)
@@ -44,10 +83,20 @@ def _whisper_normalizer() -> Callable[[str], str]:
 
 
 def normalize_whisper(text: str) -> str:
+    """Whisper's English normaliser; text with non-Latin letters gets the script-safe one, lowercased."""
+    if _has_non_latin_letters(text):
+        return _word_chars(text).lower()
     return _whisper_normalizer()(text).strip()
 
 
 NORMALISERS: dict[str, Callable[[str], str]] = {"librispeech": normalize_librispeech, "whisper": normalize_whisper}
+
+
+def _normalise_pair(ref: str, hyp: str, normaliser: str) -> tuple[str, str]:
+    if normaliser == "whisper" and (_has_non_latin_letters(ref) or _has_non_latin_letters(hyp)):
+        return _word_chars(ref).lower(), _word_chars(hyp).lower()  # one normaliser for both sides
+    norm = NORMALISERS[normaliser]
+    return norm(ref), norm(hyp)
 
 
 @dataclass(frozen=True)
@@ -79,16 +128,18 @@ class UtteranceScore:
 def word_errors(refs: Sequence[str], hyps: Sequence[str], *, normaliser: str = "librispeech") -> tuple[WERResult, list[UtteranceScore]]:
     """Corpus WER over normalised texts, plus per-utterance error counts (for bootstrap intervals).
 
-    An empty normalised reference counts its hypothesis words as insertions (jiwer rejects empty
-    references, so these are scored by hand).
+    An empty normalised reference (one of punctuation only, or Whisper's fillers "uh", "hmm")
+    counts its hypothesis words as insertions (jiwer rejects empty references, so these are scored
+    by hand).
     """
     if len(refs) != len(hyps):
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    norm = NORMALISERS[normaliser]
+    if normaliser not in NORMALISERS:
+        raise ValueError(f"unknown normaliser {normaliser!r}; valid: {', '.join(NORMALISERS)}")
     S = D = I = H = N = 0
     per_utt: list[UtteranceScore] = []
     for ref, hyp in zip(refs, hyps):
-        r, h = norm(ref), norm(hyp)
+        r, h = _normalise_pair(ref, hyp, normaliser)
         if not r:
             ins = len(h.split())
             I += ins

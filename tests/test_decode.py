@@ -112,21 +112,36 @@ def test_max_new_tokens_is_respected(trained, utts, greedy_alone) -> None:
             assert len(out) <= 3
 
 
+def _seconds(model, u) -> float:
+    """The audio's seconds as the decoder sees them: its encoder frames over the frame rate."""
+    return model.encoder.num_frames(len(audio(u))) / model.encoder.frame_rate
+
+
 def test_token_cap_from_duration_is_per_utterance(trained, utts) -> None:
     cfg = DecodeConfig(max_new_tokens=200, tokens_per_second=2.0)
     for u in utts:
-        assert _token_cap(u, cfg) == math.ceil(u.duration * 2.0) + 16
-        assert _token_cap(u, replace(cfg, max_new_tokens=10)) == 10
-        assert _token_cap(u, replace(cfg, tokens_per_second=None)) == 200
+        s = _seconds(trained, u)
+        assert abs(s - u.duration) < 0.1
+        assert _token_cap(s, cfg) == math.ceil(s * 2.0) + 16
+        assert _token_cap(s, replace(cfg, max_new_tokens=10)) == 10
+        assert _token_cap(s, replace(cfg, tokens_per_second=None)) == 200
     # Each utterance gets its own cap inside a batch, so batching cannot change a greedy transcript.
     cfg = replace(cfg, tokens_per_second=0.5)  # caps of 17 to 19 tokens: below what the model says
     batched = transcribe(trained, utts, replace(cfg, batch_size=16), progress=False)
     alone = [transcribe(trained, [u], replace(cfg, batch_size=1), progress=False)[0] for u in utts]
     assert batched == alone
     for h, u in zip(batched, utts):
-        assert len(h) <= _token_cap(u, cfg)  # one character per token in the tiny tokenizer
+        assert len(h) <= _token_cap(_seconds(trained, u), cfg)  # one character per token in the tiny tokenizer
     uncapped = transcribe(trained, utts, replace(cfg, tokens_per_second=None, max_new_tokens=MAX_NEW), progress=False)
-    assert any(len(full) > _token_cap(u, cfg) for full, u in zip(uncapped, utts))  # so the caps did cut
+    assert any(len(full) > _token_cap(_seconds(trained, u), cfg) for full, u in zip(uncapped, utts))  # so the caps did cut
+
+
+def test_a_wrong_manifest_duration_does_not_cap_decoding(trained, utts) -> None:
+    """The old cap came from the manifest's ``duration``: a manifest saying 0.1 s for a 10-s file
+    cut every transcript to 17 tokens. The cap now comes from the audio."""
+    cfg = DecodeConfig(max_new_tokens=MAX_NEW, tokens_per_second=2.0, batch_size=4)
+    lying = [replace(u, duration=0.1) for u in utts]
+    assert transcribe(trained, lying, cfg, progress=False) == transcribe(trained, utts, cfg, progress=False)
 
 
 def test_evaluate_split_rows_and_wer(trained, utts, greedy_alone) -> None:

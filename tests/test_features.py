@@ -151,3 +151,27 @@ def test_a_trainable_encoder_bypasses_the_cache(tmp_path: Path, monkeypatch: pyt
         trainer.setup()
         assert (trainer.features is not None) == cached
     assert len(list((tmp_path / "cache" / "features").rglob("*.safetensors"))) == len(utts)  # from the frozen run only
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "wrong-shape"])
+def test_a_corrupt_entry_is_named_and_recomputed(encoder, utts, tmp_path: Path, damage: str, caplog) -> None:
+    """The old cache read every entry with ``load_file`` and a truncated or garbage file raised
+    safetensors' own error, naming no file, in every later run that needed that utterance."""
+    from safetensors.torch import save_file
+
+    cache = _cache(encoder, tmp_path / "cache")
+    cache.fill(utts, progress=False)
+    want, want_lengths = cache.load(utts)
+    victim = cache._path(utts[1])
+    if damage == "truncate":
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    elif damage == "garbage":
+        victim.write_bytes(os.urandom(256))
+    else:
+        save_file({"frames": torch.zeros(3, encoder.dim + 1, dtype=torch.float16)}, str(victim))
+    with caplog.at_level("WARNING", logger="harness.features"):
+        frames, lengths = cache.load(utts)
+    assert torch.equal(lengths, want_lengths)
+    assert torch.allclose(frames, want, atol=1e-2, rtol=1e-2)  # recomputed (alone, not in a batch: fp16 rounding)
+    assert str(victim) in caplog.text and "corrupt" in caplog.text
+    assert load_file(str(victim))["frames"].shape[1] == encoder.dim  # the entry is whole again

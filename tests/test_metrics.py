@@ -97,3 +97,41 @@ def test_as_metrics() -> None:
         "test/clean/ins_rate": 0.25,
         "test/clean/ref_words": 4.0,
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Привет, мир!", "ПРИВЕТ МИР"),  # Cyrillic: the old normaliser returned ""
+        ("łódź wrocław", "ŁODZ WROCŁAW"),  # Latin diacritics dropped, letters kept (old: "ODZ WROC AW")
+        ("你好，世界", "你 好 世 界"),  # a script without spaces: one token per character (old: "")
+        ("नमस्ते दुनिया", "नमस्ते दुनिया"),  # Devanagari keeps its vowel signs and virama
+        ("ＡＢＣ　１２３", "ABC 123"),  # full-width forms (NFKC)
+        ("Straße", "STRASSE"),
+    ],
+)
+def test_normalize_librispeech_keeps_every_script(text: str, expected: str) -> None:
+    assert normalize_librispeech(text) == expected
+
+
+@pytest.mark.parametrize("normaliser", ["librispeech", "whisper"])
+@pytest.mark.parametrize(
+    ("ref", "hyp"),
+    [("Привет мир", "пока мир друг"), ("你好世界", "你们好"), ("नमस्ते दुनिया", "नमस्कार")],
+)
+def test_wrong_non_latin_hypothesis_is_not_scored_zero(normaliser: str, ref: str, hyp: str) -> None:
+    """The old normalisers emptied non-Latin references (and the English one emptied Devanagari
+    signs), so a wrong hypothesis scored 0 % WER."""
+    r = _wer(ref, hyp, normaliser=normaliser)
+    assert r.ref_words > 0 and r.wer > 0
+    assert _wer(ref, ref, normaliser=normaliser).wer == 0.0
+
+
+def test_chinese_is_scored_per_character() -> None:
+    r = _wer("你好世界", "你们好世界")
+    assert (r.ref_words, r.insertions, r.substitutions, r.deletions) == (4, 1, 0, 0)
+
+
+def test_unknown_normaliser_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown normaliser 'englsh'.*librispeech"):
+        _wer("a", "a", normaliser="englsh")
