@@ -261,11 +261,21 @@ def run_study(
     except KeyboardInterrupt:
         client.set_terminated(parent, "KILLED")
         raise
-    failed = any(o.status in ("failed", "skipped-failed") for o in outcomes)
-    if any(o.status == "skipped-running" for o in outcomes):
-        return outcomes  # other workers are still on it; the parent stays RUNNING
-    client.set_terminated(parent, "FAILED" if failed else "FINISHED")
+    _close_parent(client, exp_id, study, parent, claim_timeout=claim_timeout)
     return outcomes
+
+
+def _close_parent(client, exp_id: str, study: Study, parent: str, *, claim_timeout: float) -> None:
+    """Mark the parent run FINISHED / FAILED once no cell is left to run, whichever worker sees it.
+
+    Read from the store, not from this worker's outcomes: a cell another worker was running when
+    this one passed it may have finished since (the last worker to finish closes the parent).
+    """
+    runs = find_cell_runs(client, exp_id, study.name)
+    states = [cell_status(runs.get(c.hash), claim_timeout=claim_timeout) for c in study.cells]
+    if any(s not in ("done", "failed") for s in states):
+        return  # other workers are still on it (or a cell is free again): the parent stays RUNNING
+    client.set_terminated(parent, "FAILED" if "failed" in states else "FINISHED")
 
 
 def _run_cell(client, exp_id: str, parent: str, study: Study, cell: Cell, env: dict[str, str], *, label: str,

@@ -6,12 +6,18 @@ also holds the buffer (:meth:`Tracker.pending`), so a kill between writing the c
 flushing loses nothing: the resumed run re-sends those values (:meth:`Tracker.restore`), and
 re-sending a value that did arrive is a no-op (same key, step, timestamp and value). Steps after
 the checkpoint are recomputed, so a resumed run never logs a step twice.
+
+A run that fails between checkpoints (a bad file, a full disk, any exception) still flushes what
+it measured, so the failed run shows its curve up to the failure. The resumed run recomputes those
+steps exactly; each tracker therefore reads, once, the last step its store holds for every metric
+key (:func:`last_steps`) and drops a value at or before that step: every (key, step) is stored once.
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from harness.atomic import replacing
@@ -36,6 +42,12 @@ class LocalTracker:
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._buffer: list[dict[str, Any]] = []
+        self._sent: dict[str, int] | None = None  # key -> last step in metrics.jsonl when first needed
+
+    def _stored(self) -> dict[str, int]:
+        if self._sent is None:
+            self._sent = last_steps((r["key"], r["step"]) for r in self.history())
+        return self._sent
 
     def log_params(self, params: dict[str, Any]) -> None:
         _write_json(self.dir / "params.json", params)
@@ -46,14 +58,15 @@ class LocalTracker:
         _write_json(path, {**old, **tags})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self._buffer.extend({"step": step, "key": k, "value": float(v)} for k, v in metrics.items())
+        sent = self._stored()
+        self._buffer.extend({"step": step, "key": k, "value": float(v)} for k, v in metrics.items() if step > sent.get(k, -1))
 
     def pending(self) -> list:
         return [dict(r) for r in self._buffer]
 
     def restore(self, pending: list) -> None:
-        seen = {(r["step"], r["key"]) for r in self.history()}
-        self._buffer[:0] = [r for r in pending if (r["step"], r["key"]) not in seen]
+        sent = self._stored()
+        self._buffer[:0] = [r for r in pending if r["step"] > sent.get(r["key"], -1)]
 
     def flush(self) -> None:
         if not self._buffer:
@@ -73,6 +86,14 @@ class LocalTracker:
     def history(self) -> list[dict[str, Any]]:
         path = self.dir / "metrics.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def last_steps(points: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """The last step of every metric key among ``(key, step)`` points."""
+    out: dict[str, int] = {}
+    for key, step in points:
+        out[key] = max(step, out.get(key, step))
+    return out
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -95,6 +116,15 @@ class MlflowTracker:
         self.client, self.run_id, self.retries = client, run_id, retries
         self.local = LocalTracker(local_dir) if local_dir is not None else None
         self._buffer: list[tuple[str, float, int, int]] = []
+        self._sent: dict[str, int] | None = None  # key -> last step the store holds, read once
+
+    def _stored(self) -> dict[str, int]:
+        if self._sent is None:
+            keys = self._retry(self.client.get_run, self.run_id).data.metrics
+            self._sent = last_steps(
+                (key, m.step) for key in keys for m in self._retry(self.client.get_metric_history, self.run_id, key)
+            )
+        return self._sent
 
     def _retry(self, fn, *args, **kwargs):
         import time
@@ -129,8 +159,8 @@ class MlflowTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         import time
 
-        now = int(time.time() * 1000)
-        self._buffer.extend((k, float(v), now, step) for k, v in metrics.items())
+        now, sent = int(time.time() * 1000), self._stored()
+        self._buffer.extend((k, float(v), now, step) for k, v in metrics.items() if step > sent.get(k, -1))
         if self.local:
             self.local.log_metrics(metrics, step)
 
@@ -138,8 +168,8 @@ class MlflowTracker:
         return [list(m) for m in self._buffer]
 
     def restore(self, pending: list) -> None:
-        # Exact (key, value, timestamp, step) tuples: MLflow's stores ignore an identical re-log.
-        self._buffer[:0] = [(k, float(v), int(t), int(s)) for k, v, t, s in pending]
+        sent = self._stored()
+        self._buffer[:0] = [(k, float(v), int(t), int(s)) for k, v, t, s in pending if int(s) > sent.get(k, -1)]
 
     def flush(self) -> None:
         from mlflow.entities import Metric

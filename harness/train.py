@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from harness import distributed
 from harness.config import RunConfig, config_hash, flatten, to_yaml
+from harness.data.audio import duration_mismatch
 from harness.data.batching import batches_by_count, batches_by_duration, batches_shortest_first
 from harness.data.manifest import Utterance, check_audio_files, read_manifest
 from harness.emergence import find_emergence, plot_curve
@@ -72,6 +73,10 @@ class _GracefulStop:
 
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+class CheckpointError(RuntimeError):
+    """A run's checkpoint exists but cannot be read (names the file)."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -205,28 +210,38 @@ class Trainer:
         return Datasets(train, keep(read_manifest(d.dev), "dev"), tests)
 
     def _filter_long(self, utts: list[Utterance], name: str) -> list[Utterance]:
+        """Scan (``data.scan``), then drop utterances over ``data.max_duration``: the scan comes first
+        because it also checks each manifest ``duration`` against the audio's header, and the length
+        filter must not trust a wrong one."""
         d = self.cfg.data
+        if d.scan != "off":
+            utts = self._drop_bad_audio(utts, name)
         kept = [u for u in utts if u.duration <= d.max_duration]
         if len(kept) < len(utts):
             log.warning("%s: skipped %d utterances longer than data.max_duration=%.1f s",
                         name, len(utts) - len(kept), d.max_duration)
             self._skipped[f"data/{name}/too_long"] = len(utts) - len(kept)
-        if d.scan != "off":
-            bad = check_audio_files(kept, decode=d.scan == "decode")
-            if bad:
-                report = self.out_dir / "bad_audio.jsonl"
-                with open(report, "a") as f:
-                    f.writelines(json.dumps({"split": name, "id": u.id, "audio": u.audio, "reason": r}) + "\n" for u, r in bad)
-                listing = "; ".join(f"{u.audio}: {r}" for u, r in bad[:5])
-                if d.on_bad_audio == "stop":
-                    raise ValueError(f"{name}: {len(bad)} bad audio files (data.on_bad_audio=stop): {listing}")
-                log.warning("%s: skipped %d bad audio files (listed in %s): %s", name, len(bad), report, listing)
-                self._skipped[f"data/{name}/bad_audio"] = len(bad)
-                bad_ids = {u.id for u, _ in bad}
-                kept = [u for u in kept if u.id not in bad_ids]
         if not kept:
             raise ValueError(f"split {name!r} has no utterances to use")
         return kept
+
+    def _drop_bad_audio(self, utts: list[Utterance], name: str) -> list[Utterance]:
+        d = self.cfg.data
+        bad = check_audio_files(utts, decode=d.scan == "decode")
+        flagged = {u.id for u, _ in bad}
+        bad += [(u, r) for u in utts if u.id not in flagged and (r := duration_mismatch(u.audio, u.duration)) is not None]
+        if not bad:
+            return utts
+        report = self.out_dir / "bad_audio.jsonl"
+        with open(report, "a") as f:
+            f.writelines(json.dumps({"split": name, "id": u.id, "audio": u.audio, "reason": r}) + "\n" for u, r in bad)
+        listing = "; ".join(f"{u.audio}: {r}" for u, r in bad[:5])
+        if d.on_bad_audio == "stop":
+            raise ValueError(f"{name}: {len(bad)} bad audio files (data.on_bad_audio=stop): {listing}")
+        log.warning("%s: skipped %d bad audio files (listed in %s): %s", name, len(bad), report, listing)
+        self._skipped[f"data/{name}/bad_audio"] = len(bad)
+        bad_ids = {u.id for u, _ in bad}
+        return [u for u in utts if u.id not in bad_ids]
 
     def _setup_model(self) -> SpeechLLM:
         model = build_model(self.cfg, device=self.device)
@@ -500,16 +515,27 @@ class Trainer:
         shutil.rmtree(old, ignore_errors=True)
         self.tracker.flush()  # everything the tracker holds is now covered by this checkpoint
 
+    def _read_checkpoint(self, ckpt: Path) -> tuple[dict[str, torch.Tensor], dict]:
+        files = (ckpt / "trainable.safetensors", ckpt / "state.pt")
+        try:
+            weights = load_file(str(files[0]), device=str(self.device))
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise CheckpointError(f"checkpoint file {files[0]} is unreadable ({e}); remove {ckpt} to train this run from step 0") from e
+        try:
+            blob = torch.load(files[1], map_location=self.device, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - truncated zip, bad pickle, refused object
+            raise CheckpointError(f"checkpoint file {files[1]} is unreadable ({e}); remove {ckpt} to train this run from step 0") from e
+        return weights, blob
+
     def _load_checkpoint(self) -> TrainState | None:
         ckpt = self.ckpt_dir if self.ckpt_dir.exists() else self.out_dir / "checkpoint.old"
         if not (ckpt / "state.pt").exists():
             return None
-        weights = load_file(str(ckpt / "trainable.safetensors"), device=str(self.device))
+        weights, blob = self._read_checkpoint(ckpt)
         missing = set(self.model.trainable_state_dict()) - set(weights)
         if missing:
-            raise RuntimeError(f"checkpoint {ckpt} lacks trainable weights {sorted(missing)[:5]}")
+            raise CheckpointError(f"checkpoint {ckpt} lacks trainable weights {sorted(missing)[:5]}")
         self.model.load_state_dict(weights, strict=False)
-        blob = torch.load(ckpt / "state.pt", map_location=self.device, weights_only=True)
         self.optimizer.load_state_dict(blob["optimizer"])
         self.scheduler.load_state_dict(blob["scheduler"])
         torch.random.set_rng_state(blob["torch_rng"].cpu())

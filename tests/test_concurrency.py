@@ -52,7 +52,10 @@ def test_three_workers_train_every_cell_exactly_once(tmp_path: Path, libri) -> N
     assert per_hash == Counter({c.hash: 1 for c in st.cells}), per_hash  # one run per cell, no strays
     assert all(r.info.status == "FINISHED" for r in cells)
     assert _active(client, exp, "claim", st.name) == []  # every claim was released
-    assert len(_active(client, exp, "study", st.name)) == 1  # the workers agreed on one parent run
+    parents = _active(client, exp, "study", st.name)
+    assert len(parents) == 1  # the workers agreed on one parent run
+    # The old runner left it RUNNING: a worker that had passed a cell running elsewhere never closed it.
+    assert parents[0].info.status == "FINISHED"
     for r in cells:
         # Trained once: each step logged once, nothing resumed.
         history = client.get_metric_history(r.info.run_id, "train/loss")

@@ -29,7 +29,7 @@ from harness.data.manifest import Utterance, write_manifest
 from harness.runner import find_cell_runs, make_client, run_study
 from harness.study import load_study
 from harness.tracking import MlflowTracker
-from harness.train import Trainer, run_training
+from harness.train import CheckpointError, Trainer, run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -518,8 +518,9 @@ def test_a_checkpoint_carrying_code_is_refused(tmp_path: Path, libri) -> None:
             return (Path.write_text, (marker, "ran"))
 
     torch.save({"state": Evil()}, tmp_path / "run" / "checkpoint" / "state.pt")
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(CheckpointError, match="state.pt is unreadable .*Weights only load failed") as e:
         Trainer(cfg, tmp_path / "run", progress=False).setup()
+    assert isinstance(e.value.__cause__, pickle.UnpicklingError)
     assert not marker.exists()
 
 
