@@ -8,6 +8,7 @@ its traceback as an artifact and the grid goes on.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -117,6 +118,8 @@ class Heartbeat:
     def __init__(self, client, run_id: str, every: float = HEARTBEAT_EVERY) -> None:
         import threading
 
+        if not (math.isfinite(every) and every > 0):
+            raise ValueError(f"heartbeat interval: expected a finite number of seconds > 0, got {every}")
         self.client, self.run_id, self.every = client, run_id, every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="harness-heartbeat")
@@ -247,6 +250,8 @@ def run_study(
     is claimed atomically (:func:`claim_cell`), so no cell trains twice, and a cell whose worker
     died (no heartbeat for ``claim_timeout`` seconds) is resumed by the next worker to reach it.
     """
+    if not (math.isfinite(claim_timeout) and claim_timeout > 0):
+        raise ValueError(f"claim_timeout: expected a finite number of seconds > 0, got {claim_timeout}")
     client = make_client(uri)
     exp_id = _experiment_id(client, study.experiment)
     parent = _parent_run(client, exp_id, study)

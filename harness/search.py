@@ -328,7 +328,7 @@ def _load_params(raw: Any, study: Study, where: SourceMap) -> dict[str, BaseDist
     params: dict[str, BaseDistribution] = {}
     for key, spec in raw.items():
         at = f"search.params.{key}"
-        if not isinstance(spec, dict) or spec.get("type") not in _PARAM_KEYS:
+        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str) or spec["type"] not in _PARAM_KEYS:
             got = spec.get("type") if isinstance(spec, dict) else spec
             raise ConfigError(
                 f"{where(at)}{at}: expected a mapping with 'type' one of {', '.join(_PARAM_KEYS)}, got {got!r}"
@@ -387,7 +387,7 @@ def _load_choice(
     at = f"search.{what}"
     options = dict(raw) if isinstance(raw, dict) else {"type": raw}
     name = options.pop("type", None)
-    if name not in registry:
+    if not isinstance(name, str) or name not in registry:
         raise ConfigError(f"{where(at)}{at}: expected one of {', '.join(registry)} (or {{type: NAME, ...options}}), got {name!r}")
     cls = registry[name]()
     signature = inspect.signature(cls)
@@ -531,6 +531,8 @@ class _Heartbeat:
     """Refreshes the trial's ``heartbeat`` attribute so that other workers can tell it is alive."""
 
     def __init__(self, trial: optuna.Trial, interval: float) -> None:
+        if not (math.isfinite(interval) and interval > 0):
+            raise ValueError(f"heartbeat interval: expected a finite number of seconds > 0, got {interval}")
         self.trial, self.interval = trial, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial.number}", daemon=True)

@@ -89,3 +89,14 @@ def test_a_wrong_manifest_duration_is_caught_by_the_scan(tmp_path: Path, libri) 
     assert set(report) == {"long-as-5s", "short-as-half"}
     assert f"manifest duration 5 s but the audio is {real:.2f} s long" == report["long-as-5s"]
     trainer.cleanup()
+
+
+@pytest.mark.parametrize("timeout", [0.0, -1.0, float("inf"), float("nan")])
+def test_a_claim_timeout_that_would_busy_loop_is_refused(tmp_path: Path, libri, timeout: float) -> None:
+    """``claim_timeout=0`` made the heartbeat beat every 0 s (a busy loop: the cell trained three
+    times slower); the runner now refuses it before touching the store."""
+    path = write_study(tmp_path, "timeouts", base_config(_manifests(tmp_path, libri), max_steps=1, checkpoint_every=1))
+    with pytest.raises(ValueError, match="claim_timeout: expected a finite number of seconds > 0"):
+        run_study(load_study(path), uri=f"sqlite:///{tmp_path}/mlflow.db", runs_root=tmp_path / "runs",
+                  progress=False, claim_timeout=timeout)
+    assert not (tmp_path / "mlflow.db").exists()
