@@ -13,12 +13,15 @@ Example::
 """
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -259,7 +262,7 @@ def _validate(cfg: RunConfig, where: typing.Callable[[str], str]) -> None:
     for key, ok, expected in _CHECKS:
         value = get_path(cfg, key)
         if not ok(value):
-            raise ConfigError(f"{where(key)}{key}: expected {expected}, got {value!r}")
+            raise ConfigError(f"{where(key)}{key}: expected {expected}, got {show(value)}")
     ctc = cfg.adapter.ctc
     for key, on in (("adapter.ctc.compress", ctc.compress), ("adapter.ctc.lm_after", ctc.lm_after > 0)):
         if on and ctc.weight == 0:
@@ -296,10 +299,31 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_INT_LIMIT = 2**63
+_SHOW = reprlib.Repr()
+_SHOW.maxstring, _SHOW.maxother, _SHOW.maxlevel = 160, 160, 3
+_SHOW.maxlist = _SHOW.maxtuple = _SHOW.maxdict = _SHOW.maxset = 8
+
+
+def show(value: Any) -> str:
+    """``repr(value)`` cut to a readable length (a value may be huge, deep, or share sub-lists)."""
+    return _SHOW.repr(value)
+
+
+def _check_finite(tp: Any, value: Any, key: str, where: typing.Callable[[str], str]) -> None:
+    """Every float setting is finite: ``inf`` passes ``> 0`` and ``nan`` passes every ``not <`` check."""
+    try:
+        finite = isinstance(value, bool) or not isinstance(value, (int, float)) or math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite:
+        raise ConfigError(f"{where(key)}{key}: expected a finite {_type_name(tp)}, got {show(value)}")
+
+
 def _coerce(tp: Any, value: Any, key: str, where: typing.Callable[[str], str]) -> Any:
     """Check ``value`` against the annotation ``tp`` and return it in canonical form (or raise)."""
     origin = typing.get_origin(tp)
-    bad = ConfigError(f"{where(key)}{key}: expected {_type_name(tp)}, got {value!r}")
+    bad = ConfigError(f"{where(key)}{key}: expected {_type_name(tp)}, got {show(value)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise bad
@@ -314,6 +338,8 @@ def _coerce(tp: Any, value: Any, key: str, where: typing.Callable[[str], str]) -
             if type(None) in args:
                 return None
             raise bad
+        if float in args:
+            _check_finite(tp, value, key, where)
         for arg in args:
             if arg is type(None):
                 continue
@@ -331,7 +357,11 @@ def _coerce(tp: Any, value: Any, key: str, where: typing.Callable[[str], str]) -
         if not isinstance(value, dict):
             raise bad
         _, vt = typing.get_args(tp)
-        return {str(k): _coerce(vt, v, f"{key}.{k}", where) for k, v in value.items()}
+        for k in value:
+            if not isinstance(k, str):
+                raise ConfigError(
+                    f"{where(key)}{key}: expected {_type_name(tp)} with string keys, got the key {show(k)}")
+        return {k: _coerce(vt, v, f"{key}.{k}", where) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise bad
@@ -339,10 +369,13 @@ def _coerce(tp: Any, value: Any, key: str, where: typing.Callable[[str], str]) -
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad
+        if not -_INT_LIMIT <= value < _INT_LIMIT:
+            raise ConfigError(f"{where(key)}{key}: expected int within +-2**63, got {show(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
+        _check_finite(tp, value, key, where)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -351,29 +384,122 @@ def _coerce(tp: Any, value: Any, key: str, where: typing.Callable[[str], str]) -
     raise TypeError(f"unsupported config annotation {tp!r} at {key}")  # a bug in this file, not in the input
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unknown_key(path: str, names: list[str], section: str, at: str) -> ConfigError:
+    close = difflib.get_close_matches(path.rsplit(".", 1)[-1], names, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{at}unknown key {path!r}{hint}. Valid keys of {section}: {', '.join(names)}")
+
+
 def _from_dict(cls: type, data: dict, prefix: str, where: typing.Callable[[str], str]) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
         path = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            section = prefix or "the run config"
-            raise ConfigError(f"{where(path)}unknown key {path!r}{hint}. Valid keys of {section}: {', '.join(names)}")
+            raise _unknown_key(path, names, prefix or "the run config", where(path))
         kwargs[key] = _coerce(hints[key], value, path, where)
     return cls(**kwargs)
+
+
+def setting_type(key: Any, at: str = "") -> Any:
+    """The annotation of the setting ``key`` (``"adapter.k"`` -> ``int``); a key inside a mapping
+    setting (``"data.test.ls"``) is allowed. Anything else is a :class:`ConfigError` that starts with
+    ``at`` (e.g. ``"study.yaml:7: "``) and names the closest valid key."""
+    if not isinstance(key, str) or not key:
+        raise ConfigError(f"{at}expected a setting such as 'adapter.k' (a string), got {show(key)}")
+    tp: Any = RunConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if dataclasses.is_dataclass(tp):
+            names = [f.name for f in dataclasses.fields(tp)]
+            if part not in names:
+                raise _unknown_key(".".join(parts[: i + 1]), names, ".".join(parts[:i]) or "the run config", at)
+            tp = _hints(tp)[part]
+        elif typing.get_origin(tp) is dict and part:
+            tp = typing.get_args(tp)[1]
+        else:
+            raise ConfigError(f"{at}{key}: {'.'.join(parts[:i])!r} is a setting ({_type_name(tp)}), not a section")
+    if dataclasses.is_dataclass(tp):
+        names = ", ".join(f.name for f in dataclasses.fields(tp))
+        raise ConfigError(f"{at}{key}: expected a setting, got the section {key!r} (its keys: {names})")
+    return tp
+
+
+def coerce_setting(key: str, value: Any, at: str = "") -> Any:
+    """``value`` checked against the type of setting ``key`` and in canonical form (``1`` -> ``1.0``
+    for a float setting, lists -> tuples); errors start with ``at``."""
+    return _coerce(setting_type(key, at), value, key, lambda _key: at)
 
 
 # --------------------------------------------------------------------------------------------
 # YAML with line numbers, overrides, canonical form
 
 
+MAX_YAML_BYTES = 1 << 20
+"""A config or study file is at most this big (the largest shipped study is a few KB)."""
+MAX_YAML_DEPTH = 100
+"""Collections nested deeper than this are refused (a run config is four levels deep)."""
+MAX_YAML_VALUES = 100_000
+"""A document may hold at most this many values once every alias is expanded (a "billion laughs"
+file of 1 KB expands to 10**9 values)."""
+
+
+class DuplicateKeyError(yaml.composer.ComposerError):
+    """A mapping writes the same key twice: YAML would keep only the last value, silently."""
+
+    def __init__(self, key: Any, first: yaml.Mark, again: yaml.Mark) -> None:
+        super().__init__(None, None, f"duplicate key {show(key)} (first written on line {first.line + 1}; "
+                         "YAML would silently keep only the last value)", again)
+
+
 class YamlLoader(yaml.SafeLoader):
     """A safe loader with YAML 1.2's scalars where PyYAML keeps 1.1's: ``1e-4`` is a float (1.1: a
     string), and only ``true``/``false`` are booleans (1.1 also reads ``on``, ``off``, ``yes``, ``no``
-    as booleans, so ``data.scan=off`` would not be the string its option expects)."""
+    as booleans, so ``data.scan=off`` would not be the string its option expects).
+
+    It also refuses what PyYAML lets through silently: a key written twice in one mapping
+    (:class:`DuplicateKeyError`), collections nested deeper than :data:`MAX_YAML_DEPTH`, and scalars
+    whose conversion fails (a date such as ``2024-13-45``, an int of 5000 digits) are errors with a
+    line instead of a bare ``ValueError``."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"collections nested deeper than {MAX_YAML_DEPTH} levels", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)
+        first: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # a collection as a key is refused by the constructor; `<<` merges are meant to repeat keys
+            key = self.construct_object(key_node)
+            if key in first:
+                raise DuplicateKeyError(key, first[key], key_node.start_mark)
+            first[key] = key_node.start_mark
+        return node
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as e:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read the value {show(node.value)}: {e}", node.start_mark) from None
 
 
 YamlLoader.add_implicit_resolver(
@@ -395,8 +521,90 @@ YamlLoader.yaml_implicit_resolvers = {
 YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
+class _YamlFault(Exception):
+    """A YAML text that cannot be read: the message, the line (or ``None``) and whether it is a syntax error."""
+
+    def __init__(self, message: str, line: int | None, syntax: bool) -> None:
+        super().__init__(message)
+        self.line, self.syntax = line, syntax
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the document's values with every alias expanded, visiting each node once (memoised
+    sizes); refuse more than :data:`MAX_YAML_VALUES`, and aliases inside their own anchor."""
+    size: dict[int, int] = {}
+    active = {id(root)}
+    stack = [(root, iter(_children(root)))]
+    while stack:
+        node, kids = stack[-1]
+        kid = next(kids, None)
+        if kid is None:
+            stack.pop()
+            active.discard(id(node))
+            size[id(node)] = min(MAX_YAML_VALUES + 1, 1 + sum(size[id(k)] for k in _children(node)))
+        elif id(kid) in active:
+            raise _YamlFault("the collection anchored here contains an alias to itself (a recursive document)",
+                             kid.start_mark.line + 1, False)
+        elif id(kid) not in size:
+            active.add(id(kid))
+            stack.append((kid, iter(_children(kid))))
+    if size[id(root)] > MAX_YAML_VALUES:
+        raise _YamlFault(f"the document holds more than {MAX_YAML_VALUES} values once its aliases are expanded "
+                         "(an alias bomb?); write the values out or use fewer aliases", None, False)
+
+
+def _mark_text(e: yaml.MarkedYAMLError) -> str:
+    """``while parsing a flow sequence (line 2): expected ',' or ']', but got '<stream end>'``"""
+    text = " ".join(p for p in (e.problem, e.note) if p)
+    if e.context:
+        at = f" (line {e.context_mark.line + 1})" if e.context_mark is not None else ""
+        text = f"{e.context}{at}: {text}"
+    return text
+
+
+def _load(text: str) -> tuple[Any, yaml.Node | None]:
+    loader = YamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        _check_expansion(node)
+        return loader.construct_document(node), node
+    finally:
+        loader.dispose()
+
+
+def _parse(text: str) -> tuple[Any, yaml.Node | None]:
+    """``text`` -> (data, root node); every fault is a :class:`_YamlFault` with a line where there is one."""
+    try:
+        return _load(text)
+    except DuplicateKeyError as e:
+        raise _YamlFault(e.problem, e.problem_mark.line + 1, False) from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise _YamlFault(_mark_text(e), mark.line + 1 if mark else None, True) from None
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        raise _YamlFault(f"character {e.character!r} is not allowed ({e.reason})", line, True) from None
+    except yaml.YAMLError as e:
+        raise _YamlFault(str(e), None, True) from None
+    except RecursionError:  # a safety net: compose_node bounds the depth first
+        raise _YamlFault(f"nested too deeply (at most {MAX_YAML_DEPTH} levels)", None, False) from None
+
+
 def yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - YamlLoader is a SafeLoader
+    """Parse a YAML text with :class:`YamlLoader` and the limits of :func:`read_yaml`; a fault is a
+    :class:`ConfigError`."""
+    try:
+        return _parse(text)[0]
+    except _YamlFault as e:
+        raise ConfigError(f"line {e.line}: {e}" if e.line else str(e)) from None
 
 
 class SourceMap:
@@ -425,37 +633,66 @@ class SourceMap:
         return f"{self.path}: "
 
 
-def read_yaml(path: str | Path) -> tuple[Any, SourceMap]:
-    """Read YAML with a safe loader and record the line of every mapping key."""
-    path = Path(path)
+def _read_text(path: Path) -> str:
+    """The file's text: at most :data:`MAX_YAML_BYTES`, UTF-8 (a leading byte-order mark is dropped)."""
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    loader = YamlLoader(text)
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES} bytes; not a config or study file")
+    raw = raw.removeprefix(codecs.BOM_UTF8)
     try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
-    finally:
-        loader.dispose()
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}: {e.reason})") from None
+
+
+def _key_lines(root: yaml.Node) -> dict[str, int]:
+    """Dotted key -> line, walking the node graph once: a node reached again through an alias is not
+    walked again (its keys keep the lines under the path that reached it first)."""
     lines: dict[str, int] = {}
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    namer = YamlLoader("")  # keys as the data has them: `null:` is the key None, `0x1:` is 1
+    while stack:
+        node, prefix = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            items = []
+            for k, v in node.value:
+                name = namer.construct_object(k) if isinstance(k, yaml.ScalarNode) else "?"
+                items.append((f"{prefix}.{name}" if prefix else str(name), k, v))
+        elif isinstance(node, yaml.SequenceNode):
+            items = [(f"{prefix}[{i}]", v, v) for i, v in enumerate(node.value)]
+        else:
+            continue
+        for key, at, child in items:
+            lines[key] = at.start_mark.line + 1  # after a `<<` merge, the key written here wins
+        stack.extend((child, key) for key, _, child in reversed(items))  # document order
+    return lines
 
-    def walk(n: yaml.Node, prefix: str) -> None:
-        if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
-                key = f"{prefix}.{k.value}" if prefix else str(k.value)
-                lines[key] = k.start_mark.line + 1
-                walk(v, key)
-        elif isinstance(n, yaml.SequenceNode):
-            for i, v in enumerate(n.value):
-                lines[f"{prefix}[{i}]"] = v.start_mark.line + 1
-                walk(v, f"{prefix}[{i}]")
 
-    if node is not None:
-        walk(node, "")
-    return data, SourceMap(str(path), lines)
+def read_yaml(path: str | Path) -> tuple[Any, SourceMap]:
+    """Read YAML with a safe loader and record the line of every mapping key.
+
+    Every fault is a :class:`ConfigError` that names the file (and the line where there is one):
+    unreadable or non-UTF-8 files, syntax errors, duplicate keys, alias bombs, too deep nesting.
+    """
+    path = Path(path)
+    text = _read_text(path)
+    try:
+        data, node = _parse(text)
+    except _YamlFault as e:
+        what = f"invalid YAML: {e}" if e.syntax else str(e)
+        raise ConfigError(f"{path}:{e.line}: {what}" if e.line else f"{path}: {what}") from None
+    if node is None:
+        return {}, SourceMap(str(path), {})
+    return data, SourceMap(str(path), _key_lines(node))
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -465,8 +702,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     key = key.strip()
     try:
-        value = yaml_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
+        value = _parse(raw)[0] if raw.strip() else ""
+    except _YamlFault as e:
         raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from None
     return key, value
 
@@ -482,8 +719,14 @@ def set_path(data: dict, key: str, value: Any) -> None:
     data[parts[-1]] = value
 
 
-def get_path(obj: Any, key: str) -> Any:
+_REQUIRED = object()
+
+
+def get_path(obj: Any, key: str, default: Any = _REQUIRED) -> Any:
+    """``obj.a.b`` (or ``obj["a"]["b"]``) for ``key="a.b"``; ``default`` where a mapping lacks a key."""
     for p in key.split("."):
+        if isinstance(obj, dict) and p not in obj and default is not _REQUIRED:
+            return default
         obj = obj[p] if isinstance(obj, dict) else getattr(obj, p)
     return obj
 
@@ -494,7 +737,8 @@ def build_config(data: dict | None = None, *, where: typing.Callable[[str], str]
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where('')}expected a mapping of sections (data, encoder, adapter, llm, train, decode)")
+        raise ConfigError(f"{where('')}expected a mapping of sections (data, encoder, adapter, llm, train, decode), "
+                          f"got {type(data).__name__}")
     cfg = _from_dict(RunConfig, data, "", where)
     _validate(cfg, where)
     return cfg
@@ -503,7 +747,11 @@ def build_config(data: dict | None = None, *, where: typing.Callable[[str], str]
 def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> RunConfig:
     """Read a run config from YAML (or start from defaults) and apply ``a.b=v`` overrides."""
     data, where = read_yaml(path) if path is not None else ({}, SourceMap())
-    data = data or {}
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where('')}expected a mapping of sections (data, encoder, adapter, llm, train, decode), "
+                          f"got {type(data).__name__}")
     for text in overrides:
         key, value = parse_override(text)
         set_path(data, key, value)

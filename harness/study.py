@@ -18,10 +18,16 @@ A study file holds values only::
 
 Every cell is validated into a :class:`RunConfig` before anything runs; errors name the study
 file, the line and the valid choices. A cell's identity is the hash of its resolved config.
+Keys of ``axes``, ``zip`` and ``include`` must be settings of the run config; keys of ``exclude``
+must be axis or zip keys, its values are compared as typed config values, and an entry that
+matches no cell is an error. The study's ``name`` (and ``tracking.experiment``) is letters,
+digits and ``_ . + -``: it becomes a folder and a quoted MLflow filter value.
 """
 from __future__ import annotations
 
+import difflib
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,13 +37,25 @@ from harness.config import (
     RunConfig,
     SourceMap,
     build_config,
+    coerce_setting,
     config_hash,
     get_path,
+    parse_override,
     read_yaml,
     set_path,
+    setting_type,
+    show,
 )
 
 _STUDY_KEYS = ("name", "description", "base", "axes", "zip", "include", "exclude", "tracking", "search")
+_TRACKING_KEYS = ("experiment",)
+# A study's name (and its MLflow experiment) becomes a folder under the runs root and a quoted
+# string in MLflow search filters: no separators, no quotes, no leading dot.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+_NAME_RULE = "letters, digits and _ . + - (at most 100, the first a letter or digit)"
+
+# One choice of values for a cell: config key -> (value, the study-file key that wrote it).
+Choice = dict[str, tuple[Any, str]]
 
 
 @dataclass(frozen=True)
@@ -106,88 +124,188 @@ def _check_mapping(obj: Any, what: str, where: SourceMap, key: str) -> dict:
 
 def _check_list(obj: Any, what: str, where: SourceMap, key: str) -> list:
     if not isinstance(obj, list) or not obj:
-        raise ConfigError(f"{where(key)}{what}: expected a non-empty list of values, got {obj!r}")
+        raise ConfigError(f"{where(key)}{what}: expected a non-empty list of values, got {show(obj)}")
     return obj
+
+
+def _section(raw: dict, key: str, where: SourceMap) -> dict:
+    """A mapping section of the study file (absent or empty: ``{}``; a list, a number... is an error)."""
+    value = raw.get(key)
+    return {} if value is None else _check_mapping(value, key, where, key)
+
+
+def _entries(raw: dict, key: str, where: SourceMap) -> list[dict]:
+    """A list-of-mappings section (``zip``, ``include``, ``exclude``)."""
+    value = raw.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{where(key)}{key}: expected a list of mappings (each line '- {{key: value, ...}}'), "
+                          f"got {type(value).__name__}")
+    return [_check_mapping(entry, f"{key}[{i}]", where, f"{key}[{i}]") for i, entry in enumerate(value)]
+
+
+def _unknown(mapping: dict, valid: tuple[str, ...], what: str, where: SourceMap, prefix: str = "") -> None:
+    for key in mapping:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{where(prefix + str(key))}unknown {what} key {key!r}{hint}. Valid keys: {', '.join(valid)}")
+
+
+def _check_name(value: Any, what: str, where: SourceMap) -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ConfigError(f"{where(what)}{what}: expected {_NAME_RULE}, got {show(value)}")
+    return value
+
+
+def _read_study(path: Path, overrides: list[str] | tuple[str, ...]) -> tuple[dict, dict, SourceMap]:
+    """The study file as a checked mapping and its base section, with ``overrides`` applied to the base."""
+    raw, where = read_yaml(path)
+    raw = _check_mapping({} if raw is None else raw, "study file", where, "")
+    _unknown(raw, _STUDY_KEYS, "study", where)
+    base = _section(raw, "base", where)
+    for text in overrides:
+        key, value = parse_override(text)
+        set_path(base, key, value)
+        where.overrides[f"base.{key}"] = text  # errors in this value blame the override, not the file
+    return raw, base, where
 
 
 def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Study:
     """Read, expand and validate a study file (``overrides`` apply ``a.b=v`` to its base config)."""
-    from harness.config import parse_override
-
     path = Path(path)
-    raw, where = read_yaml(path)
-    raw = _check_mapping(raw or {}, "study file", where, "")
-    for key in raw:
-        if key not in _STUDY_KEYS:
-            import difflib
+    raw, base, where = _read_study(path, overrides)
+    name = _check_name(raw.get("name"), "name", where)
+    description = raw.get("description")
+    if description is not None and not isinstance(description, str):
+        raise ConfigError(f"{where('description')}description: expected a string, got {show(description)}")
+    tracking = _section(raw, "tracking", where)
+    _unknown(tracking, _TRACKING_KEYS, "tracking", where, "tracking.")
+    experiment = tracking.get("experiment")
+    experiment = name if experiment is None else _check_name(experiment, "tracking.experiment", where)
+    base_cfg = build_config(_deep_copy(base), where=_cell_where(where, {}))
 
-            close = difflib.get_close_matches(str(key), _STUDY_KEYS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where(str(key))}unknown study key {key!r}{hint}. Valid keys: {', '.join(_STUDY_KEYS)}")
-    name = raw.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"{where('name')}name: expected the study's name (a non-empty string)")
-    base = _check_mapping(raw.get("base") or {}, "base", where, "base")
-    for text in overrides:
-        k, v = parse_override(text)
-        set_path(base, k, v)
+    groups, product_keys = _groups(raw, where)
+    _check_overrides(where, product_keys)
+    product = [{k: v for part in combo for k, v in part.items()} for combo in itertools.product(*groups)]
+    product = _drop_excluded(product, raw, where, product_keys)
+    includes = _includes(raw, where)
+    axis_keys = list(dict.fromkeys([*product_keys, *(k for inc in includes for k in inc)]))
+    cells = _cells([*product, *includes], base, base_cfg, axis_keys, set(product_keys), where)
+    return Study(
+        name=name, path=path, description=description or "", base=base,
+        axis_keys=tuple(axis_keys), cells=tuple(cells), experiment=experiment, raw=raw,
+    )
 
-    # Each group is a list of assignments (dicts key->value) that get combined by product.
-    groups: list[list[dict[str, Any]]] = []
-    axis_keys: list[str] = []
-    axes = _check_mapping(raw.get("axes") or {}, "axes", where, "axes")
-    for key, values in axes.items():
-        values = _check_list(values, f"axes.{key}", where, f"axes.{key}")
-        groups.append([{key: v} for v in values])
-        axis_keys.append(key)
-    for gi, group in enumerate(raw.get("zip") or []):
-        group = _check_mapping(group, f"zip[{gi}]", where, f"zip[{gi}]")
-        lists = {k: _check_list(v, f"zip[{gi}].{k}", where, f"zip[{gi}].{k}") for k, v in group.items()}
+
+def _groups(raw: dict, where: SourceMap) -> tuple[list[list[Choice]], list[str]]:
+    """The product's factors: one group per axis, one per zip entry (its lists move together)."""
+    groups: list[list[Choice]] = []
+    keys: list[str] = []
+    for key, values in _section(raw, "axes", where).items():
+        at = f"axes.{key}"
+        setting_type(key, where(at))
+        values = _check_list(values, at, where, at)
+        groups.append([{key: (v, f"{at}[{i}]")} for i, v in enumerate(values)])
+        keys.append(key)
+    for gi, group in enumerate(_entries(raw, "zip", where)):
+        at = f"zip[{gi}]"
+        if not group:
+            raise ConfigError(f"{where(at)}{at}: expected settings with lists of values, got an empty mapping")
+        lists = {}
+        for k, v in group.items():
+            setting_type(k, where(f"{at}.{k}"))
+            lists[k] = _check_list(v, f"{at}.{k}", where, f"{at}.{k}")
         lengths = {k: len(v) for k, v in lists.items()}
         if len(set(lengths.values())) > 1:
-            raise ConfigError(f"{where(f'zip[{gi}]')}zip[{gi}]: lists must have equal lengths, got {lengths}")
+            raise ConfigError(f"{where(at)}{at}: lists must have equal lengths, got {lengths}")
         n = next(iter(lengths.values()))
-        groups.append([{k: lists[k][i] for k in lists} for i in range(n)])
-        axis_keys.extend(lists)
-    dup = {k for k in axis_keys if axis_keys.count(k) > 1}
+        groups.append([{k: (lists[k][i], f"{at}.{k}[{i}]") for k in lists} for i in range(n)])
+        keys.extend(lists)
+    dup = {k for k in keys if keys.count(k) > 1}
     if dup:
         raise ConfigError(f"{where('axes')}{sorted(dup)} appear in more than one axis or zip group")
+    return groups, keys
 
-    assignments = [dict(kv for part in combo for kv in part.items()) for combo in itertools.product(*groups)]
-    excludes = raw.get("exclude") or []
-    for i, ex in enumerate(excludes):
-        _check_mapping(ex, f"exclude[{i}]", where, f"exclude[{i}]")
-    assignments = [a for a in assignments if not any(all(a.get(k) == v for k, v in ex.items()) for ex in excludes)]
-    product_keys = set(axis_keys)
-    base_cfg = build_config(_deep_copy(base), where=_cell_where(where, {}))
-    for i, inc in enumerate(raw.get("include") or []):
-        inc = _check_mapping(inc, f"include[{i}]", where, f"include[{i}]")
-        assignments.append(dict(inc))
-        axis_keys.extend(k for k in inc if k not in axis_keys)
 
-    base_values = {k: get_path(base_cfg, k) for k in axis_keys}
-    cells, seen = [], {}
-    for values in assignments:
-        cell_where = _cell_where(where, values)
+def _check_overrides(where: SourceMap, product_keys: list[str]) -> None:
+    """An override of an axis or zip key would be replaced in every cell of the product: refuse it."""
+    for key, text in where.overrides.items():
+        key = key[len("base."):]
+        hit = [a for a in product_keys if a == key or a.startswith(key + ".") or key.startswith(a + ".")]
+        if hit:
+            raise ConfigError(f"override {text!r}: {hit[0]} is an axis of this study; every cell of its product sets "
+                              f"it, so the override would be ignored (edit the axis in {where.path} instead)")
+
+
+def _exclude_entry(entry: dict, at: str, where: SourceMap, keys: list[str]) -> dict[str, Any]:
+    """An exclude entry's values in canonical form; its keys must be axis or zip keys."""
+    if not entry:
+        raise ConfigError(f"{where(at)}{at}: an empty entry would drop every cell; give axis keys and values")
+    wanted = {}
+    for key, value in entry.items():
+        if key not in keys:
+            close = difflib.get_close_matches(str(key), keys, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where(f'{at}.{key}')}{at}: {key!r} is not an axis or zip key of this study{hint}. "
+                              f"Axis keys: {', '.join(keys) or '(none)'}")
+        wanted[key] = coerce_setting(key, value, where(f"{at}.{key}"))
+    return wanted
+
+
+def _drop_excluded(product: list[Choice], raw: dict, where: SourceMap, keys: list[str]) -> list[Choice]:
+    """The product without the cells an exclude entry matches (every key equal, values compared as
+    typed config values); an entry that matches no cell is an error, not a silent no-op."""
+    entries = _entries(raw, "exclude", where)
+    if not entries:
+        return product
+    wanted = [_exclude_entry(entry, f"exclude[{i}]", where, keys) for i, entry in enumerate(entries)]
+    typed = [{k: coerce_setting(k, v, where(src)) for k, (v, src) in choice.items()} for choice in product]
+    hits = [[all(cell[k] == v for k, v in ex.items()) for ex in wanted] for cell in typed]
+    for i, ex in enumerate(wanted):
+        if not any(h[i] for h in hits):
+            seen = "; ".join(f"{k}: {show(list(dict.fromkeys(cell[k] for cell in typed)))}" for k in ex)
+            raise ConfigError(f"{where(f'exclude[{i}]')}exclude[{i}]: {show(entries[i])} matches no cell of the "
+                              f"product, so it would drop nothing. The product's values: {seen}")
+    return [choice for choice, h in zip(product, hits) if not any(h)]
+
+
+def _includes(raw: dict, where: SourceMap) -> list[Choice]:
+    out = []
+    for i, entry in enumerate(_entries(raw, "include", where)):
+        for key in entry:
+            setting_type(key, where(f"include[{i}].{key}"))
+        out.append({k: (v, f"include[{i}].{k}") for k, v in entry.items()})
+    return out
+
+
+def _cells(choices: list[Choice], base: dict, base_cfg: RunConfig, axis_keys: list[str], product_keys: set[str],
+           where: SourceMap) -> list[Cell]:
+    """Validate every choice into a cell; a choice that repeats an earlier cell's config is the same run."""
+    base_values = {k: get_path(base_cfg, k, None) for k in axis_keys}
+    cells, seen = [], set()
+    for choice in choices:
+        cell_where = _cell_where(where, choice)
         data = _deep_copy(base)
-        for k, v in values.items():
+        for k, (v, _) in choice.items():
             set_path(data, k, v)
         cfg = build_config(data, where=cell_where)
         _check_references(cfg, cell_where)
         h = config_hash(cfg)
-        ordered = {k: get_path(cfg, k) for k in axis_keys}  # every axis, also those an include leaves at base
         if h in seen:
-            continue  # an include that repeats a product cell is the same run
-        seen[h] = True
+            continue
+        seen.add(h)
+        ordered = {k: get_path(cfg, k, None) for k in axis_keys}  # every axis, also those an include leaves at base
         # Named by every product axis, plus the include-only keys where the cell leaves the base value:
         # a one-factor-at-a-time study reads "lora", "lr=0.003", "base" rather than every key of every include.
         shown = {k: v for k, v in ordered.items() if k in product_keys or v != base_values[k]}
         cells.append(Cell(ordered, cfg, h, run_name(shown)))
-    tracking = _check_mapping(raw.get("tracking") or {}, "tracking", where, "tracking")
-    return Study(
-        name=name, path=path, description=str(raw.get("description", "")), base=base,
-        axis_keys=tuple(axis_keys), cells=tuple(cells), experiment=str(tracking.get("experiment", name)), raw=raw,
-    )
+    if not cells:
+        raise ConfigError(
+            f"{where('exclude')}the study has no cells: its exclude entries drop every cell of the product")
+    return cells
 
 
 def _deep_copy(d: Any) -> Any:
@@ -198,19 +316,19 @@ def _deep_copy(d: Any) -> Any:
     return d
 
 
-def _cell_where(where: SourceMap, values: dict[str, Any]) -> SourceMap:
-    """Map a config key to the study-file line that set it: an axis entry or the base section."""
-    lines = dict(where.lines)
-    for key in values:
-        for prefix in ("axes.", "zip[", "include["):
-            hits = [ln for k, ln in where.lines.items() if k.startswith(prefix) and k.endswith(key)]
-            if hits:
-                lines[key] = min(hits)
-                break
-    for k, ln in where.lines.items():
-        if k.startswith("base."):
-            lines.setdefault(k[len("base.") :], ln)
-    return SourceMap(where.path, lines)
+def _cell_where(where: SourceMap, choice: Choice) -> SourceMap:
+    """Map a config key to the study-file line that set it: the axis value, zip value or include
+    entry of this cell, else the base section; overrides of the base keep their blame."""
+    lines = {k[len("base."):]: ln for k, ln in where.lines.items() if k.startswith("base.")}
+    for key, (_, src) in choice.items():
+        for k in [k for k in lines if k == key or k.startswith(key + ".")]:
+            del lines[k]  # the choice replaced what the base wrote there
+        line = where.lines.get(src, where.lines.get(re.sub(r"\[\d+\]$", "", src)))
+        if line is not None:
+            lines[key] = line
+    cell = SourceMap(where.path, lines)
+    cell.overrides = {k[len("base."):]: text for k, text in where.overrides.items() if k[len("base."):] not in choice}
+    return cell
 
 
 def _check_references(cfg: RunConfig, where: SourceMap) -> None:

@@ -247,6 +247,14 @@ def test_yaml_syntax_error_and_missing_file_name_the_file(tmp_path: Path) -> Non
         load_config(_write(tmp_path, "- train\n- lr\n", "list.yaml"))
 
 
+def test_yaml_merge_keys_may_repeat_keys(tmp_path: Path) -> None:
+    """``<<`` merges are meant to repeat keys (the mapping's own key wins): not a duplicate-key error."""
+    path = _write(tmp_path, "adapter: {k: 3, hidden: 8}\nllm: {name: 'tiny:llama'}\n"
+                            "decode:\n  <<: {beam: 2, batch_size: 4}\n  beam: 3\n")
+    cfg = load_config(path)
+    assert (cfg.adapter.k, cfg.decode.beam, cfg.decode.batch_size) == (3, 3, 4)
+
+
 def test_empty_yaml_is_the_defaults(tmp_path: Path) -> None:
     assert load_config(_write(tmp_path, "# nothing\n")) == RunConfig()
 

@@ -9,15 +9,19 @@ can be moved or copied as a whole. Errors name the manifest file and the line.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import soundfile as sf
 
 from harness.atomic import replacing
+from harness.config import show
 
 from .audio import AudioError, load_audio
 
@@ -39,53 +43,128 @@ class ManifestError(Exception):
     """A manifest that is malformed; the message names the file and the line."""
 
 
+MAX_LINE_CHARS = 1 << 20
+"""A manifest line is at most this long (an utterance's row is ~200 characters)."""
+
+
 def read_manifest(path: str | os.PathLike) -> list[Utterance]:
-    """Read a JSONL manifest, validating every line; see the module docstring for the format."""
+    """Read a JSONL manifest, validating every line; see the module docstring for the format.
+
+    Every fault is a :class:`ManifestError` naming the file and the line (a missing file is a
+    ``FileNotFoundError``): malformed or non-UTF-8 lines, a key written twice in one object, values
+    of the wrong type, non-finite or negative durations, duplicate ids, lines over
+    :data:`MAX_LINE_CHARS`. A byte-order mark at the start of the file is ignored.
+    """
     path = Path(path)
-    base = path.parent
     utts: list[Utterance] = []
     first_line_of: dict[str, int] = {}  # id -> line number, to name both lines of a duplicate
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue  # a trailing blank line is harmless
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ManifestError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from e
-            if not isinstance(row, dict):
-                raise ManifestError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in REQUIRED_KEYS if k not in row]
-            if missing:
-                raise ManifestError(f"{where}: missing required key(s) {', '.join(missing)}")
-
-            utt_id, audio, text, duration = row["id"], row["audio"], row["text"], row["duration"]
-            speaker = row.get("speaker")
-            if not isinstance(utt_id, str) or not utt_id:
-                raise ManifestError(f"{where}: 'id' must be a non-empty string, got {utt_id!r}")
-            if not isinstance(audio, str) or not audio:
-                raise ManifestError(f"{where}: 'audio' must be a non-empty path string, got {audio!r}")
-            if not isinstance(text, str) or not text.strip():
-                raise ManifestError(f"{where}: 'text' of {utt_id!r} is empty or whitespace-only")
-            # bool is an int subclass; true/false as a duration is a bug, not 1 s / 0 s
-            if isinstance(duration, bool) or not isinstance(duration, (int, float)) \
-                    or not math.isfinite(duration) or duration < 0:
-                raise ManifestError(f"{where}: 'duration' must be a non-negative number of seconds, got {duration!r}")
-            if speaker is not None and not isinstance(speaker, str):
-                raise ManifestError(f"{where}: 'speaker' must be a string or absent, got {speaker!r}")
-            if utt_id in first_line_of:
-                raise ManifestError(
-                    f"{where}: duplicate id {utt_id!r} (first seen on line {first_line_of[utt_id]})"
-                )
-            first_line_of[utt_id] = lineno
-
-            audio_path = Path(audio)
-            if not audio_path.is_absolute():
-                audio_path = base / audio_path
-            utts.append(Utterance(id=utt_id, audio=str(audio_path), text=text,
-                                  duration=float(duration), speaker=speaker))
+    for lineno, line in _lines(path):
+        where = f"{path}:{lineno}"
+        utt = _utterance(_parse_line(line, where), path.parent, where)
+        if utt.id in first_line_of:
+            raise ManifestError(f"{where}: duplicate id {utt.id!r} (first seen on line {first_line_of[utt.id]})")
+        first_line_of[utt.id] = lineno
+        utts.append(utt)
     return utts
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every non-blank line, each read with a bounded length."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for lineno in itertools.count(1):
+                line = f.readline(MAX_LINE_CHARS + 1)
+                if not line:
+                    return
+                if len(line) > MAX_LINE_CHARS:
+                    raise ManifestError(f"{path}:{lineno}: line longer than {MAX_LINE_CHARS} characters")
+                if line.strip():  # a trailing blank line is harmless
+                    yield lineno, line
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}:{_undecodable_line(path)}: not UTF-8 text ({e.reason})") from None
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def _undecodable_line(path: Path) -> int | str:
+    """The number of the first line that is not UTF-8 (text files decode in blocks, not lines)."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(iter(lambda: f.readline(4 * MAX_LINE_CHARS + 4), b""), start=1):
+            try:
+                raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError:
+                return lineno
+    return "?"
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in row:
+            raise ManifestError(f"key {key!r} written twice (JSON would silently keep only the last value)")
+        row[key] = value
+    return row
+
+
+def _parse_line(line: str, where: str) -> dict[str, Any]:
+    try:
+        row = json.loads(line, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+    except ManifestError as e:
+        raise ManifestError(f"{where}: {e}") from None
+    except (ValueError, RecursionError) as e:  # an int of 5000 digits; nesting too deep for the parser
+        raise ManifestError(f"{where}: unreadable JSON ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(row, dict):
+        raise ManifestError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in row]
+    if missing:
+        raise ManifestError(f"{where}: missing required key(s) {', '.join(missing)}")
+    return row
+
+
+def _string(row: dict[str, Any], key: str, where: str, what: str) -> str | None:
+    """``row[key]`` if it is a string that UTF-8 can hold (no lone surrogate such as ``\\ud800``)."""
+    value = row.get(key)
+    if value is None and key == "speaker":
+        return None
+    if not isinstance(value, str):
+        raise ManifestError(f"{where}: {key!r} must be {what}, got {show(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ManifestError(f"{where}: {key!r} is not valid Unicode (a lone surrogate), got {show(value)}") from None
+    return value
+
+
+def _utterance(row: dict[str, Any], base: Path, where: str) -> Utterance:
+    utt_id = _string(row, "id", where, "a non-empty string")
+    audio = _string(row, "audio", where, "a non-empty path string")
+    text = _string(row, "text", where, "a non-empty string")
+    speaker = _string(row, "speaker", where, "a string or absent")
+    if not utt_id:
+        raise ManifestError(f"{where}: 'id' must be a non-empty string, got {utt_id!r}")
+    if not audio or "\0" in audio:
+        raise ManifestError(
+            f"{where}: 'audio' must be a non-empty path string without NUL characters, got {show(audio)}")
+    if not text.strip():
+        raise ManifestError(f"{where}: 'text' of {utt_id!r} is empty or whitespace-only")
+    duration = row["duration"]
+    seconds = None
+    # bool is an int subclass; true/false as a duration is a bug, not 1 s / 0 s
+    if isinstance(duration, (int, float)) and not isinstance(duration, bool):
+        try:
+            seconds = float(duration)
+        except OverflowError:  # an int beyond any float
+            seconds = None
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        raise ManifestError(f"{where}: 'duration' must be a non-negative number of seconds, got {show(duration)}")
+    audio_path = Path(audio)
+    if not audio_path.is_absolute():
+        audio_path = base / audio_path
+    return Utterance(id=utt_id, audio=str(audio_path), text=text, duration=seconds, speaker=speaker)
 
 
 def write_manifest(path: str | os.PathLike, utts: list[Utterance]) -> None:
