@@ -108,4 +108,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from harness.cli_common import script_main
+
+    script_main(main)  # one line per error (HARNESS_DEBUG=1: the traceback)

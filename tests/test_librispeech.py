@@ -1,5 +1,6 @@
 """LibriSpeech reader on the real 22-utterance tree in shared/data, and on broken copies of it."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -90,3 +91,32 @@ def test_missing_transcript_file(tree):
     trans(tree).unlink()
     with pytest.raises(LibriSpeechError, match="missing transcript file 1988-24833.trans.txt"):
         read_librispeech(tree, "dev-clean")
+
+
+@pytest.mark.parametrize("content, found", [
+    ({}, "found an empty folder"),
+    ({"README.txt": "x", "wavs/a.flac": "", "LibriSpeech-notes/x.txt": ""},
+     "found LibriSpeech-notes/, README.txt, wavs/"),
+])
+def test_a_folder_that_is_not_librispeech_is_named_with_what_it_holds(tmp_path, content, found):
+    """A folder without any <split>/<speaker>/ tree: the old reader returned no splits (and `harness
+    data librispeech` then wrote nothing and exited 0). Now LibriSpeechError: folder, layout, contents."""
+    for name, text in content.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    expected = f"{tmp_path}: not a LibriSpeech tree: expected <split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt"
+    with pytest.raises(LibriSpeechError, match=re.escape(expected)) as e:
+        librispeech_splits(tmp_path)
+    assert str(e.value).endswith(found)
+
+
+def test_select_splits_checks_every_name_before_anything_is_read():
+    """The old CLI read and wrote the splits one by one, so an unknown name after a good one left a
+    partial output behind; `select_splits` checks all names first (and names every split when none)."""
+    from harness.data.librispeech import select_splits
+
+    assert select_splits(MINI, []) == ["dev-clean", "test-clean", "train-clean-100"]
+    assert select_splits(MINI, ["test-clean", "dev-clean"]) == ["test-clean", "dev-clean"]
+    with pytest.raises(LibriSpeechError, match="split 'dev-other' not found; available: dev-clean, test-clean, "
+                                               "train-clean-100"):
+        select_splits(MINI, ["dev-clean", "dev-other"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import soundfile as sf
@@ -44,10 +45,43 @@ def librispeech_splits(root: str | os.PathLike) -> list[str]:
     """Names of the splits present (e.g. ['dev-clean', 'test-clean', 'train-clean-100']), sorted.
 
     A split is any sub-folder that holds numbered speaker folders; the loose
-    files of the distribution (SPEAKERS.TXT, ...) are ignored.
+    files of the distribution (SPEAKERS.TXT, ...) are ignored. A folder with no
+    split is not a LibriSpeech tree: LibriSpeechError says what was expected and
+    what is there.
     """
     base = _librispeech_dir(root)
-    return sorted(p.name for p in base.iterdir() if p.is_dir() and _numeric_dirs(p))
+    found = sorted(p.name for p in base.iterdir() if p.is_dir() and _numeric_dirs(p))
+    if not found:
+        raise LibriSpeechError(
+            f"{base}: not a LibriSpeech tree: expected <split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt "
+            f"files beside their .flac audio (e.g. dev-clean/1272/128104/1272-128104.trans.txt), in this folder or "
+            f"in a LibriSpeech/ folder inside it; found {_describe(base)}"
+        )
+    return found
+
+
+def _describe(folder: Path, shown: int = 8) -> str:
+    """What a folder holds, briefly: 'an empty folder' or its first entries (folders end in '/')."""
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    if not entries:
+        return "an empty folder"
+    more = f" and {len(entries) - shown} more" if len(entries) > shown else ""
+    return ", ".join(entries[:shown]) + more
+
+
+def _no_such_split(base: Path, split: str) -> LibriSpeechError:
+    available = ", ".join(librispeech_splits(base))
+    return LibriSpeechError(f"{base / split}: split {split!r} not found; available: {available}")
+
+
+def select_splits(root: str | os.PathLike, names: Iterable[str]) -> list[str]:
+    """``names`` (in order), each checked to be a split of the tree at ``root``; every split when none is named."""
+    available = librispeech_splits(root)
+    names = list(names)
+    for name in names:
+        if name not in available:
+            raise _no_such_split(_librispeech_dir(root), name)
+    return names or available
 
 
 def _read_chapter(chapter_dir: Path, speaker: str, chapter: str) -> list[Utterance]:
@@ -107,8 +141,7 @@ def read_librispeech(root: str | os.PathLike, split: str) -> list[Utterance]:
     base = _librispeech_dir(root)
     split_dir = base / split
     if not split_dir.is_dir():
-        available = librispeech_splits(base)
-        raise LibriSpeechError(f"{split_dir}: split {split!r} not found; available: {', '.join(available) or 'none'}")
+        raise _no_such_split(base, split)
     utts: list[Utterance] = []
     for speaker_dir in _numeric_dirs(split_dir):
         for chapter_dir in _numeric_dirs(speaker_dir):
