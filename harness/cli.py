@@ -292,8 +292,10 @@ def _load_run(run_dir: str):
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--split", "splits", multiple=True, help="NAME=MANIFEST to evaluate (default: the run's test splits).")
 @click.option("--beam", type=POSITIVE_INT, default=None, help="Override decode.beam.")
-def eval_cmd(run_dir: str, splits: tuple[str, ...], beam: int | None) -> None:
-    """Decode splits with a trained run; print WER (S/D/I) under both normalisers.
+@click.argument("overrides", nargs=-1)
+def eval_cmd(run_dir: str, splits: tuple[str, ...], beam: int | None, overrides: tuple[str, ...]) -> None:
+    """Decode splits with a trained run; print WER (S/D/I) under both normalisers. OVERRIDES
+    (``decode.a=v``) change how it decodes, e.g. ``decode.tokens_per_position=1.5``.
 
     ``librispeech`` keeps letters, digits and apostrophes, uppercased; ``whisper`` is Whisper's English
     normaliser, which also unifies numbers ("1813" = "eighteen thirteen") and abbreviations. Audio of
@@ -314,7 +316,14 @@ def eval_cmd(run_dir: str, splits: tuple[str, ...], beam: int | None) -> None:
         if not Path(path).is_file():
             raise HarnessError(f"--split {spec!r}: manifest {path} not found")
         named[name] = path
+    for text in overrides:
+        if not text.startswith("decode."):
+            raise HarnessError(f"override {text!r}: only decode.* settings can change after training")
     cfg, model = _load_run(run_dir)
+    if overrides:
+        from harness.config import load_config
+
+        cfg = dataclasses.replace(cfg, decode=load_config(Path(run_dir) / "config.yaml", overrides).decode)
     decode_cfg = dataclasses.replace(cfg.decode, beam=beam) if beam else cfg.decode
     if not named:
         named = {**cfg.data.test, **{k: v for k, v in cfg.data.optional_test.items() if Path(v).exists()}}

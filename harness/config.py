@@ -208,6 +208,11 @@ class DecodeConfig:
     tokens_per_second: float | None = 8.0
     """Cap generated tokens at this many per second of audio, plus 16 (speech runs at ~3-5 tokens/s;
     the cap stops a model that has not learned to stop from babbling to ``max_new_tokens``). ``None``: off."""
+    tokens_per_position: float | None = None
+    """Also cap generated tokens at this many per position the LLM reads, plus 4. With CTC
+    compression (``adapter.ctc.compress``) each position is one CTC token, so a ratio near 1-1.5
+    bounds a transcript by what the CTC head heard; without it a position is k encoder frames.
+    ``None``: off."""
     normaliser: Literal["librispeech", "whisper"] = "librispeech"
     """Text normalisation applied to hypothesis and reference before WER."""
 
@@ -254,6 +259,7 @@ _CHECKS: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("decode.max_new_tokens", lambda v: v >= 1, ">= 1"),
     ("decode.batch_size", lambda v: v >= 1, ">= 1"),
     ("decode.tokens_per_second", lambda v: v is None or v > 0, "> 0 or null"),
+    ("decode.tokens_per_position", lambda v: v is None or v > 0, "> 0 or null"),
 ]
 _REFERENCE_SCHEMES = ("hf:", "pack:", "tiny:")
 
@@ -770,7 +776,7 @@ def canonical_json(cfg: Any) -> str:
 
 # Sections added after stores full of runs existed: at their defaults they are left out of the
 # identity, so every cell run before they existed keeps its hash (and is skipped, not retrained).
-_ADDED_LATER: dict[str, Any] = {"adapter.ctc": CTCConfig()}
+_ADDED_LATER: dict[str, Any] = {"adapter.ctc": CTCConfig(), "decode.tokens_per_position": None}
 
 
 def config_hash(cfg: Any) -> str:

@@ -66,7 +66,8 @@ def transcribe(
             batch = [utts[i] for i in idx]
             frames, lengths = speech_frames(model, batch, features)
             caps = [_token_cap(float(n) / model.encoder.frame_rate, cfg) for n in lengths]
-            out = model.generate_frames(frames, lengths, beam=cfg.beam, max_new_tokens=caps, synced=dist.enabled)
+            out = model.generate_frames(frames, lengths, beam=cfg.beam, max_new_tokens=caps, synced=dist.enabled,
+                                        tokens_per_position=cfg.tokens_per_position)
             if real:
                 mine.update(zip(idx, out))
             bar.update(len(idx) * dist.world)

@@ -174,3 +174,20 @@ def test_decoding_leaves_the_training_mode_as_it_was(trained, utts) -> None:
         assert trained.training and trained.projector.training
     finally:
         trained.eval()
+
+
+def test_tokens_per_position_caps_each_row_by_what_the_llm_reads(trained, utts) -> None:
+    """decode.tokens_per_position caps a row at ceil(r x its speech positions) + 4 tokens, per row, so
+    batching still cannot change a transcript; None leaves decoding as it was."""
+    cfg = DecodeConfig(max_new_tokens=MAX_NEW, tokens_per_second=None, tokens_per_position=0.05, batch_size=16)
+    with torch.no_grad():
+        frames, lengths = trained.encode([audio(u) for u in utts])
+        positions = trained.project(frames, lengths)[1].tolist()
+    caps = [math.ceil(0.05 * n) + 4 for n in positions]
+    batched = transcribe(trained, utts, cfg, progress=False)
+    alone = [transcribe(trained, [u], replace(cfg, batch_size=1), progress=False)[0] for u in utts]
+    assert batched == alone
+    assert all(len(h) <= c for h, c in zip(batched, caps))  # one character per token in the tiny tokenizer
+    free = transcribe(trained, utts, replace(cfg, tokens_per_position=None), progress=False)
+    assert any(len(f) > c for f, c in zip(free, caps))  # so the caps did cut
+    assert [f[: len(b)] for f, b in zip(free, batched)] == batched  # greedy: a prefix of the uncapped text

@@ -72,3 +72,18 @@ def test_eval_rejects_bad_splits_in_one_line(trained, spec: str, message: str) -
     out = _cli("eval", str(tmp / "run"), "--split", spec, cwd=tmp)
     assert out.returncode != 0
     assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_eval_takes_decode_overrides_and_refuses_others(trained) -> None:
+    """``decode.*`` overrides change how a trained run decodes (here a cap of 4 + 0 x positions, so at
+    most 4 tokens: the same as the run's own max_new_tokens=4, and a WER line per reading); a setting
+    that would change the model is refused in one line."""
+    tmp, _ = trained
+    out = _cli("eval", str(tmp / "run"), "decode.tokens_per_position=0.01", "decode.max_new_tokens=2", cwd=tmp)
+    assert out.returncode == 0, out.stderr
+    assert sum("WER" in line for line in out.stdout.splitlines()) == 4
+    bad = _cli("eval", str(tmp / "run"), "adapter.k=2", cwd=tmp)
+    assert bad.returncode != 0 and "only decode.* settings can change after training" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    worse = _cli("eval", str(tmp / "run"), "decode.tokens_per_position=0", cwd=tmp)
+    assert worse.returncode != 0 and "decode.tokens_per_position: expected > 0 or null" in worse.stderr

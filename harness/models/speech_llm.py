@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from dataclasses import dataclass
 
 import torch
@@ -311,7 +312,7 @@ class SpeechLLM(nn.Module):
     @torch.no_grad()
     def generate_frames(
         self, frames: torch.Tensor, lengths: torch.Tensor, *, beam: int = 1, max_new_tokens: int | list[int] = 200,
-        synced: bool = False,
+        synced: bool = False, tokens_per_position: float | None = None,
     ) -> list[str]:
         """Transcripts of a batch of encoder frames.
 
@@ -320,9 +321,12 @@ class SpeechLLM(nn.Module):
         influence each other); for beam search a longer horizon can rank a row's beams differently, so
         there the cap only bounds a model that has not learned to stop.
         ``synced``: keep stepping until every process is done (sharded weights need all ranks in each pass).
+        ``tokens_per_position``: also cap each row at this many tokens per speech position it reads, plus 4.
         """
         caps = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * frames.shape[0]
         speech, speech_lens = self.project(frames, lengths)  # B, T', H (compressed to B, S, H with CTC compression)
+        if tokens_per_position is not None:
+            caps = [min(c, math.ceil(tokens_per_position * int(n)) + 4) for c, n in zip(caps, speech_lens.tolist())]
         if beam == 1 and not synced:
             inputs = self.build_inputs(speech, speech_lens, None, left_pad=True, shared_prefix=self.shares_prefix)
             rows = self._greedy(inputs, caps)
