@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +29,6 @@ def _setup_logging(verbose: bool) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-
-
-def _sigterm_as_interrupt() -> None:
-    """SIGTERM stops a run like Ctrl-C: the trainer writes a checkpoint before exiting."""
-
-    def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 from harness.cli_common import (  # noqa: E402
@@ -251,7 +241,6 @@ def train(config: str | None, overrides: tuple[str, ...], out: str | None, no_pr
     validate_references(cfg)
     out_dir = Path(out) if out else default_run_dir(cfg)
     click.echo(f"run {config_hash(cfg)[:12]} -> {out_dir}")
-    _sigterm_as_interrupt()
     try:
         result = run_training(cfg, out_dir, progress=not no_progress)
     finally:
@@ -400,7 +389,6 @@ def study_run(study_file, overrides, dry_run, retry_failed, claim_timeout, runs_
         click.echo(f"study {st.name}: {len(st.cells)} cells")
         _print_rows(study_table(st, uri=tracking_uri))
         return
-    _sigterm_as_interrupt()
     outcomes = run_study(st, uri=tracking_uri, runs_root=runs_root, retry_failed=retry_failed, progress=not no_progress,
                          claim_timeout=claim_timeout)
     rows = []

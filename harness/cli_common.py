@@ -141,7 +141,21 @@ class HarnessGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         with user_errors():
+            sigterm_as_interrupt()
             return super().invoke(ctx)
+
+
+def sigterm_as_interrupt() -> None:
+    """SIGTERM stops a command like Ctrl-C: a trainer writes a checkpoint, pools and servers are taken
+    down, and the command ends in one "Interrupted" line with exit code 130 (not a silent death by the
+    signal that leaves worker processes behind)."""
+    import threading
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
 
 
 # ------------------------------------------------------------------------------------- numbers

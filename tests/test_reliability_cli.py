@@ -492,3 +492,33 @@ def test_python_m_scripts_end_in_one_line_too(tmp_path: Path, librispeech_root: 
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
                           text=True, timeout=300)
     one_line(proc)
+
+
+def test_sigterm_to_data_synth_takes_its_workers_down(tmp_path: Path) -> None:
+    """SIGTERM to `harness data synth --workers 2`: the old command died of the signal (exit -15,
+    no word) and its process pool (spawned TTS workers) was left to finish or hang on its own; now
+    it is one "Interrupted" line, exit 130, and no worker outlives it."""
+    text = tmp_path / "sentences.txt"
+    words = "red green blue small large quiet happy old young brave tired kind proud calm bright".split()
+    nouns = "dog cat horse bird fox owl wolf bear deer goat lamb duck frog mouse hare".split()
+    places = "river forest garden meadow village market harbour valley castle bridge hill farm lake road town".split()
+    text.write_text("".join(f"The {w} {n} walked to the {p} this morning.\n" for w in words for n in nouns for p in places))
+    proc = subprocess.Popen([*HARNESS, "data", "synth", "--text", str(text), "--out", str(tmp_path / "corpus"),
+                             "--n-train", "2000", "--workers", "2"], cwd=tmp_path, env=_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: list[psutil.Process] = []
+    try:
+        audio = tmp_path / "corpus" / "audio"
+        wait_until(lambda: audio.is_dir() and any(p.is_file() for p in audio.rglob("*")), 300, "the first synthesized file", proc)
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert workers
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, f"still running after harness ended: {alive}"
+    finally:
+        proc.kill()
+        _kill_all(workers)
+    assert proc.returncode == 130
+    said = "\n".join(line for line in stderr.splitlines() if "utt/s]" not in line)  # not the progress bar
+    one_line(subprocess.CompletedProcess(proc.args, 130, stdout, said), "stopped", prefix="Interrupted")

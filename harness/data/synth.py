@@ -37,7 +37,6 @@ import tempfile
 import unicodedata
 import zlib
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
@@ -661,8 +660,9 @@ def synthesize_corpus(
     if workers > 1 and len(tasks) > 1:
         # spawn, not fork: a forked child inherits onnxruntime's thread pools, whose threads
         # did not survive the fork, and can hang freeing them. Spawn costs ~2 s per worker.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            for _ in pool.map(_synthesize_one, tasks, chunksize=4):
+        # Leaving the block terminates the workers, also on Ctrl-C / SIGTERM: none is left behind.
+        with get_context("spawn").Pool(workers) as pool:
+            for _ in pool.imap_unordered(_synthesize_one, tasks, chunksize=4):
                 bar.update()
     else:
         for task in tasks:
