@@ -35,12 +35,9 @@ def trained(tmp_path_factory, utts_by_duration) -> tuple[Path, list]:
     cfg = tiny_config("adapter.k=1", "adapter.ctc.weight=1", "train.max_steps=3", "train.eval_every=0",
                       "train.warmup_steps=0", f"data.train={m}", f"data.dev={m}", f"data.test={{mini: {m}}}",
                       "decode.max_new_tokens=4", "data.scan=off")
-    old = os.environ.get("HARNESS_CACHE")
-    os.environ["HARNESS_CACHE"] = str(tmp / "cache")
-    try:
+    with pytest.MonkeyPatch.context() as env:  # a module-scoped fixture: no function-scoped monkeypatch
+        env.setenv("HARNESS_CACHE", str(tmp / "cache"))
         run_training(cfg, tmp / "run", progress=False)
-    finally:
-        os.environ.pop("HARNESS_CACHE") if old is None else os.environ.__setitem__("HARNESS_CACHE", old)
     assert (tmp / "run" / "config.yaml").read_text() == to_yaml(cfg)
     return tmp, utts
 

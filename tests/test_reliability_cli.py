@@ -461,12 +461,9 @@ def run_without_tests(tmp_path_factory, real_utts) -> Path:
     m = tmp / "train.jsonl"
     cfg = load_config(None, [*TINY, f"data.train={m}", f"data.dev={m}", "data.test={}", "train.max_steps=1",
                              "train.eval_every=0", "train.warmup_steps=0", "decode.max_new_tokens=4", "data.scan=off"])
-    old = os.environ.get("HARNESS_CACHE")
-    os.environ["HARNESS_CACHE"] = str(tmp / "cache")
-    try:
+    with pytest.MonkeyPatch.context() as env:  # a module-scoped fixture: no function-scoped monkeypatch
+        env.setenv("HARNESS_CACHE", str(tmp / "cache"))
         run_training(cfg, tmp / "run", progress=False)
-    finally:
-        os.environ.pop("HARNESS_CACHE") if old is None else os.environ.__setitem__("HARNESS_CACHE", old)
     return tmp / "run"
 
 
