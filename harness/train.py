@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 
 from harness import distributed
 from harness.config import RunConfig, config_hash, flatten, to_yaml
-from harness.data.audio import duration_mismatch
 from harness.data.batching import batches_by_count, batches_by_duration, batches_shortest_first
 from harness.data.manifest import Utterance, check_audio_files, read_manifest
 from harness.emergence import find_emergence, plot_curve
@@ -227,9 +226,7 @@ class Trainer:
 
     def _drop_bad_audio(self, utts: list[Utterance], name: str) -> list[Utterance]:
         d = self.cfg.data
-        bad = check_audio_files(utts, decode=d.scan == "decode")
-        flagged = {u.id for u, _ in bad}
-        bad += [(u, r) for u in utts if u.id not in flagged and (r := duration_mismatch(u.audio, u.duration)) is not None]
+        bad = check_audio_files(utts, decode=d.scan == "decode")  # also checks each manifest duration
         if not bad:
             return utts
         report = self.out_dir / "bad_audio.jsonl"

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 
 from harness.data.manifest import ManifestError, Utterance, check_audio_files, read_manifest, write_manifest
 
@@ -105,14 +106,15 @@ def test_write_refuses_duplicates(tmp_path):
 
 
 def test_check_audio_files(tmp_path):
-    good = Utterance("good", str(CHAPTER / "1988-24833-0000.flac"), "A", 1.0)
+    real = sf.info(str(CHAPTER / "1988-24833-0000.flac")).duration  # the header's: the scan checks it
+    good = Utterance("good", str(CHAPTER / "1988-24833-0000.flac"), "A", real)
     missing = Utterance("missing", str(tmp_path / "nope.flac"), "A", 1.0)
     garbage_path = tmp_path / "garbage.flac"
     garbage_path.write_bytes(b"not audio at all" * 10)
     garbage = Utterance("garbage", str(garbage_path), "A", 1.0)
     cut_path = tmp_path / "cut.flac"
     cut_path.write_bytes((CHAPTER / "1988-24833-0000.flac").read_bytes()[:30_000])
-    cut = Utterance("cut", str(cut_path), "A", 1.0)
+    cut = Utterance("cut", str(cut_path), "A", real)  # its header still says the full length
 
     problems = {u.id: reason for u, reason in check_audio_files([good, missing, garbage, cut])}
     assert set(problems) == {"missing", "garbage"}  # a header-only check cannot see truncation
@@ -121,3 +123,8 @@ def test_check_audio_files(tmp_path):
 
     problems = {u.id: reason for u, reason in check_audio_files([good, cut], decode=True)}
     assert set(problems) == {"cut"} and "cut.flac" in problems["cut"]
+
+    wrong = Utterance("wrong", good.audio, "A", 1.0)  # a manifest duration the audio does not have
+    for decode in (False, True):
+        [(u, reason)] = check_audio_files([good, wrong], decode=decode)
+        assert u.id == "wrong" and reason == f"manifest duration 1 s but the audio is {real:.2f} s long"

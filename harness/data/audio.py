@@ -82,14 +82,8 @@ def audio_duration(path: str | os.PathLike) -> float:
 DURATION_TOLERANCE = 0.1  # seconds (or 2 %, whichever is larger): rounding in a manifest, not a wrong file
 
 
-def duration_mismatch(path: str | os.PathLike, claimed: float) -> str | None:
-    """Why a manifest's ``duration`` of ``claimed`` seconds is wrong for the audio at ``path`` (read
-    from its header), or ``None`` when it agrees within the tolerance or the file has no usable header
-    (the scan reports that file on its own)."""
-    try:
-        actual = audio_duration(path)
-    except AudioError:
-        return None
+def duration_disagreement(claimed: float, actual: float) -> str | None:
+    """Why ``claimed`` seconds (a manifest's) is wrong for audio of ``actual`` seconds, or ``None``."""
     if abs(claimed - actual) <= max(DURATION_TOLERANCE, 0.02 * actual):
         return None
     return f"manifest duration {claimed:g} s but the audio is {actual:.2f} s long"

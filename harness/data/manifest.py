@@ -23,7 +23,7 @@ import soundfile as sf
 from harness.atomic import replacing
 from harness.config import show
 
-from .audio import AudioError, load_audio
+from .audio import SAMPLE_RATE, AudioError, duration_disagreement, load_audio
 
 REQUIRED_KEYS = ("id", "audio", "text", "duration")
 
@@ -197,7 +197,8 @@ def write_manifest(path: str | os.PathLike, utts: list[Utterance]) -> None:
 
 
 def check_audio_files(utts: list[Utterance], *, decode: bool = False) -> list[tuple[Utterance, str]]:
-    """Return (utterance, reason) for every utterance whose audio is missing or unreadable.
+    """Return (utterance, reason) for every utterance whose audio is missing or unreadable, or
+    whose manifest ``duration`` disagrees with the audio's.
 
     By default only the header is read (fast enough for a whole corpus); decode=True
     also decodes every file with load_audio, which catches truncated or NaN audio.
@@ -209,11 +210,15 @@ def check_audio_files(utts: list[Utterance], *, decode: bool = False) -> list[tu
             continue
         try:
             if decode:
-                load_audio(u.audio)
+                actual = len(load_audio(u.audio)) / SAMPLE_RATE
             else:
                 info = sf.info(u.audio)
                 if info.frames <= 0:
                     problems.append((u, f"zero-length audio {u.audio}"))
+                    continue
+                actual = info.frames / info.samplerate
+            if (why := duration_disagreement(u.duration, actual)) is not None:
+                problems.append((u, why))
         except AudioError as e:
             problems.append((u, str(e)))
         except (sf.LibsndfileError, RuntimeError) as e:
