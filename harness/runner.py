@@ -16,7 +16,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from harness.study import Cell, Study
 
@@ -81,19 +81,27 @@ def _experiment_id(client, name: str) -> str:
         return exp.experiment_id
 
 
-def find_cell_runs(client, experiment_id: str, study: str) -> dict[str, Any]:
-    """cell hash -> latest MLflow run of that cell in this study."""
+def find_cell_runs(client, experiment_id: str, study: str, cells: Sequence[Cell] = ()) -> dict[str, Any]:
+    """cell hash -> latest MLflow run of that cell in this study.
+
+    A run tagged with the legacy identity of one of ``cells`` (written before identity version 2)
+    is listed under that cell's current hash, unless the cell has a run under its current hash."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_KIND}` = 'cell'",
         max_results=50000,
         order_by=["attributes.start_time ASC"],
     )
-    return {r.data.tags[TAG_HASH]: r for r in runs}
+    found = {r.data.tags[TAG_HASH]: r for r in runs}
+    for cell in cells:
+        if cell.hash not in found and cell.legacy_hash in found:
+            found[cell.hash] = found.pop(cell.legacy_hash)
+    return found
 
 
 CLAIM_TIMEOUT = 300.0  # seconds without a heartbeat after which a RUNNING cell counts as abandoned
 HEARTBEAT_EVERY = 30.0
+CLAIM_SETTLE = 1.0  # seconds a contender waits before reading the claims: longer than a store's commit takes
 
 
 def cell_status(run: Any | None, *, claim_timeout: float = CLAIM_TIMEOUT) -> str:
@@ -141,34 +149,47 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
+def _elect(client, experiment_id: str, mine: str, filter_string: str, *, live=lambda run: True) -> str:
+    """Among the runs matching ``filter_string`` (``mine`` among them), the earliest one: ``(start time, run id)``.
+
+    A run's start time is stamped by its client before the store commits it, so a contender that
+    started a moment before us may not be visible yet: wait ``CLAIM_SETTLE`` seconds before reading,
+    so that every run stamped earlier than ours is in the store when we look (otherwise two workers
+    could each see themselves first, or one could adopt a run whose owner is about to delete it).
+    A loser deletes its own run.
+    """
+    time.sleep(CLAIM_SETTLE)
+    runs = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000)
+    contenders = [r for r in runs if live(r) or r.info.run_id == mine]
+    winner = min(contenders, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if contenders else mine
+    if winner != mine:
+        client.delete_run(mine)
+    return winner
+
+
 def claim_cell(client, experiment_id: str, study: str, cell_hash: str, generation: str, *,
                claim_timeout: float = CLAIM_TIMEOUT) -> str | None:
     """Atomically claim a cell among concurrent workers sharing one tracking store.
 
     Every contender creates a small *claim* run for ``(cell_hash, generation)`` and then reads all
-    live claims for the same pair: the earliest (start time, then run id) wins, the others delete
-    theirs and move on. Every worker sees the same claims once its own is written, so exactly one
-    wins, on any MLflow store (SQLite, PostgreSQL, a remote server). ``generation`` names what is
-    being claimed (``new`` or the abandoned run being resumed), so an old claim never blocks a new
+    live claims for the same pair (:func:`_elect`): the earliest wins, the others delete theirs and
+    move on. Every worker sees the same claims once its own is written, so exactly one wins, on
+    any MLflow store (SQLite, PostgreSQL, a remote server). ``generation`` names what is being
+    claimed (``new`` or the abandoned run being resumed), so an old claim never blocks a new
     round. Returns the winning claim's run id, or None.
     """
     claim = client.create_run(
         experiment_id, run_name=f"claim:{cell_hash[:12]}",
         tags={TAG_KIND: "claim", TAG_STUDY: study, TAG_HASH: cell_hash, "harness.generation": generation},
     ).info.run_id
-    claims = client.search_runs(
-        [experiment_id],
-        filter_string=(f"tags.`{TAG_KIND}` = 'claim' and tags.`{TAG_HASH}` = '{cell_hash}' "
-                       f"and tags.`harness.generation` = '{generation}'"),
-        max_results=1000,
-    )
     now_ms = time.time() * 1000
-    live = [c for c in claims if now_ms - c.info.start_time < claim_timeout * 1000 or c.info.run_id == claim]
-    winner = min(live, key=lambda c: (c.info.start_time, c.info.run_id))
-    if winner.info.run_id != claim:
-        client.delete_run(claim)
-        return None
-    return claim
+    winner = _elect(
+        client, experiment_id, claim,
+        (f"tags.`{TAG_KIND}` = 'claim' and tags.`{TAG_HASH}` = '{cell_hash}' "
+         f"and tags.`harness.generation` = '{generation}'"),
+        live=lambda c: now_ms - c.info.start_time < claim_timeout * 1000,
+    )
+    return claim if winner == claim else None
 
 
 def git_commit() -> str:
@@ -216,18 +237,18 @@ class CellOutcome:
     error: str = ""
 
 
+def _parent_filter(study: Study) -> str:
+    return f"tags.`{TAG_STUDY}` = '{study.name}' and tags.`{TAG_KIND}` = 'study'"
+
+
 def _parent_run(client, experiment_id: str, study: Study) -> str:
     """The study's one parent run; concurrent workers agree on the earliest one (like claims)."""
-    flt = f"tags.`{TAG_STUDY}` = '{study.name}' and tags.`{TAG_KIND}` = 'study'"
-    runs = client.search_runs([experiment_id], filter_string=flt, max_results=100)
+    runs = client.search_runs([experiment_id], filter_string=_parent_filter(study), max_results=100)
     if not runs:
-        run = client.create_run(experiment_id, run_name=f"study:{study.name}", tags={TAG_KIND: "study", TAG_STUDY: study.name})
-        mine = run.info.run_id
-        runs = client.search_runs([experiment_id], filter_string=flt, max_results=100)
-        winner = min(runs, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
-        if winner != mine:
-            client.delete_run(mine)
-        else:
+        mine = client.create_run(experiment_id, run_name=f"study:{study.name}",
+                                 tags={TAG_KIND: "study", TAG_STUDY: study.name}).info.run_id
+        winner = _elect(client, experiment_id, mine, _parent_filter(study))
+        if winner == mine:
             client.log_text(mine, study.path.read_text(), "study.yaml")
         return winner
     run_id = min(runs, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
@@ -264,31 +285,48 @@ def run_study(
                                 retry_failed=retry_failed, progress=progress, claim_timeout=claim_timeout)
             outcomes.append(outcome)
     except KeyboardInterrupt:
-        client.set_terminated(parent, "KILLED")
+        try:
+            client.set_terminated(parent, "KILLED")
+        except Exception:  # noqa: BLE001 - the interrupt is what the user must see, not a store error
+            pass
         raise
-    _close_parent(client, exp_id, study, parent, claim_timeout=claim_timeout)
+    _close_parent(client, exp_id, study, claim_timeout=claim_timeout)
     return outcomes
 
 
-def _close_parent(client, exp_id: str, study: Study, parent: str, *, claim_timeout: float) -> None:
+def _close_parent(client, exp_id: str, study: Study, *, claim_timeout: float) -> None:
     """Mark the parent run FINISHED / FAILED once no cell is left to run, whichever worker sees it.
 
     Read from the store, not from this worker's outcomes: a cell another worker was running when
     this one passed it may have finished since (the last worker to finish closes the parent).
     """
-    runs = find_cell_runs(client, exp_id, study.name)
+    runs = find_cell_runs(client, exp_id, study.name, study.cells)
     states = [cell_status(runs.get(c.hash), claim_timeout=claim_timeout) for c in study.cells]
     if any(s not in ("done", "failed") for s in states):
         return  # other workers are still on it (or a cell is free again): the parent stays RUNNING
-    client.set_terminated(parent, "FAILED" if "failed" in states else "FINISHED")
+    parents = client.search_runs([exp_id], filter_string=_parent_filter(study), max_results=100)
+    for run in parents:  # read again, never cached: the store says which parent run survived
+        client.set_terminated(run.info.run_id, "FAILED" if "failed" in states else "FINISHED")
+
+
+def _cell_run(client, exp_id: str, study: Study, cell: Cell) -> Any | None:
+    """The cell's latest run; one an older version tagged with the cell's legacy identity is adopted
+    (re-tagged with the current one, the old kept as ``harness.cell_hash_v1``)."""
+    run = find_cell_runs(client, exp_id, study.name, [cell]).get(cell.hash)
+    if run is not None and run.data.tags.get(TAG_HASH) != cell.hash:
+        client.set_tag(run.info.run_id, "harness.cell_hash_v1", run.data.tags[TAG_HASH])
+        client.set_tag(run.info.run_id, TAG_HASH, cell.hash)
+        log.info("%s: adopted run %s of an older version (identity %s)", cell.name, run.info.run_id, cell.legacy_hash[:12])
+        run = client.get_run(run.info.run_id)
+    return run
 
 
 def _run_cell(client, exp_id: str, parent: str, study: Study, cell: Cell, env: dict[str, str], *, label: str,
               runs_root: str | Path, retry_failed: bool, progress: bool, claim_timeout: float) -> CellOutcome:
     from harness.tracking import MlflowTracker
-    from harness.train import resolve_device, run_training
+    from harness.train import default_run_dir, resolve_device, run_training
 
-    existing = find_cell_runs(client, exp_id, study.name).get(cell.hash)
+    existing = _cell_run(client, exp_id, study, cell)
     status = cell_status(existing, claim_timeout=claim_timeout)
     if status == "done":
         log.info("%s: done, skipped", label)
@@ -307,7 +345,7 @@ def _run_cell(client, exp_id: str, parent: str, study: Study, cell: Cell, env: d
         return CellOutcome(cell, "skipped-running", None, {})
     try:
         # Re-read after winning: a worker that finished this cell just before our claim shows up here.
-        now = find_cell_runs(client, exp_id, study.name).get(cell.hash)
+        now = _cell_run(client, exp_id, study, cell)
         if (now.info.run_id if now else None) != (existing.info.run_id if existing else None) or (
             now is not None and cell_status(now, claim_timeout=claim_timeout) in ("done", "running")
         ):
@@ -327,7 +365,7 @@ def _run_cell(client, exp_id: str, parent: str, study: Study, cell: Cell, env: d
         client.set_tag(run_id, TAG_HEARTBEAT, str(time.time()))
     finally:
         client.delete_run(claim)  # the cell run (with its heartbeat) now guards the cell
-    out_dir = Path(runs_root) / study.name / cell.hash[:12]
+    out_dir = default_run_dir(cell.config, Path(runs_root) / study.name)
     tracker = MlflowTracker(client, run_id)
     try:
         # Beat several times per claim_timeout, so a short timeout never mistakes a live worker for a dead one.
@@ -358,7 +396,7 @@ def study_table(study: Study, *, uri: str | None = None) -> list[dict[str, str]]
     """Rows for ``--dry-run``: every cell with its hash, status and run name."""
     client = make_client(uri)
     exp = client.get_experiment_by_name(study.experiment)
-    runs = find_cell_runs(client, exp.experiment_id, study.name) if exp else {}
+    runs = find_cell_runs(client, exp.experiment_id, study.name, study.cells) if exp else {}
     return [
         {"#": str(i), "hash": c.hash[:12], "status": cell_status(runs.get(c.hash)), "run": c.name}
         for i, c in enumerate(study.cells, 1)

@@ -79,14 +79,15 @@ from harness.config import (
     ConfigError,
     RunConfig,
     SourceMap,
-    _coerce,
     build_config,
+    coerce_value,
     config_hash,
+    legacy_hash,
     read_yaml,
     set_path,
 )
 from harness.runner import TAG_HASH, TAG_KIND, TAG_STUDY, environment_tags, make_client
-from harness.study import Study, _check_references, _deep_copy, run_name
+from harness.study import Study, check_references, run_name
 
 log = logging.getLogger("harness.search")
 
@@ -402,7 +403,7 @@ def _load_choice(
             raise ConfigError(f"{where(f'{at}.{key}')}{at}.{key}: takes a Python object and cannot be set in a study file") from None
         line = where(f"{at}.{key}")
         try:
-            options[key] = _coerce(tp, value, f"{at}.{key}", lambda _k, line=line: line)
+            options[key] = coerce_value(tp, value, f"{at}.{key}", lambda _k, line=line: line)
         except TypeError:
             pass  # an annotation _coerce does not know: let the class check the value
     try:
@@ -445,14 +446,14 @@ def _param_where(where: SourceMap, lines: dict[str, str]) -> SourceMap:
 
 
 def _config_with(study: Study, values: Mapping[str, Any], where: SourceMap) -> RunConfig:
-    data = _deep_copy(study.base)
+    data = copy.deepcopy(study.base)
     for key, value in values.items():
         try:
             set_path(data, key, value)
         except ConfigError:
             raise ConfigError(f"{where(key)}{key}: not a run configuration key (a section is in the way)") from None
     cfg = build_config(data, where=where)
-    _check_references(cfg, where)
+    check_references(cfg, where)
     return cfg
 
 
@@ -652,7 +653,7 @@ def make_objective(
         """A retried trial continues its original's checkpoint and MLflow run when they are here."""
         old_dir = Path(attrs[ATTR_OUT_DIR]) if ATTR_OUT_DIR in attrs else None
         if old_dir is not None and attrs.get(ATTR_RUN_ID) and (old_dir / "checkpoint").exists() and \
-                attrs.get(ATTR_HASH) == config_hash(cfg):
+                attrs.get(ATTR_HASH) in (config_hash(cfg), legacy_hash(cfg)):
             run_id = attrs[ATTR_RUN_ID]
             _mlflow(client.update_run, run_id, status="RUNNING")
             _mlflow(client.set_tag, run_id, "optuna.trial_number", str(trial.number))

@@ -39,7 +39,9 @@ from harness.config import (
     build_config,
     coerce_setting,
     config_hash,
+    execution_dict,
     get_path,
+    legacy_hash,
     parse_override,
     read_yaml,
     set_path,
@@ -66,6 +68,7 @@ class Cell:
     config: RunConfig
     hash: str
     name: str = ""  # the MLflow run name (see :func:`run_name`)
+    legacy_hash: str = ""  # the identity older stores knew it by (see :func:`harness.config.legacy_hash`)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -283,29 +286,45 @@ def _includes(raw: dict, where: SourceMap) -> list[Choice]:
 
 def _cells(choices: list[Choice], base: dict, base_cfg: RunConfig, axis_keys: list[str], product_keys: set[str],
            where: SourceMap) -> list[Cell]:
-    """Validate every choice into a cell; a choice that repeats an earlier cell's config is the same run."""
+    """Validate every choice into a cell; a choice that repeats an earlier cell's config is the same run.
+    Two choices that differ only in execution settings are one experiment: an error, naming both."""
     base_values = {k: get_path(base_cfg, k, None) for k in axis_keys}
-    cells, seen = [], set()
+    cells, seen, configs = [], set(), {}
     for choice in choices:
         cell_where = _cell_where(where, choice)
         data = _deep_copy(base)
         for k, (v, _) in choice.items():
             set_path(data, k, v)
         cfg = build_config(data, where=cell_where)
-        _check_references(cfg, cell_where)
+        check_references(cfg, cell_where)
         h = config_hash(cfg)
         if h in seen:
+            if configs[h] != cfg:
+                raise _same_experiment(configs[h], cfg, cell_where)
             continue
         seen.add(h)
+        configs[h] = cfg
         ordered = {k: get_path(cfg, k, None) for k in axis_keys}  # every axis, also those an include leaves at base
         # Named by every product axis, plus the include-only keys where the cell leaves the base value:
         # a one-factor-at-a-time study reads "lora", "lr=0.003", "base" rather than every key of every include.
         shown = {k: v for k, v in ordered.items() if k in product_keys or v != base_values[k]}
-        cells.append(Cell(ordered, cfg, h, run_name(shown)))
+        cells.append(Cell(ordered, cfg, h, run_name(shown), legacy_hash(cfg)))
     if not cells:
         raise ConfigError(
             f"{where('exclude')}the study has no cells: its exclude entries drop every cell of the product")
     return cells
+
+
+def _same_experiment(first: RunConfig, again: RunConfig, where: SourceMap) -> ConfigError:
+    """Two cells whose configs differ only where the identity does not look: one run, not two."""
+    diff = sorted(k for k, v in execution_dict(again).items() if execution_dict(first)[k] != v)
+    if diff:
+        what = (f"only in execution settings ({', '.join(diff)}), which do not change what a run learns "
+                "and are not part of its identity. Set them in the base, or run the study twice")
+    else:
+        what = ("only in what a run's identity leaves out: data.optional_test, or the paths of manifests "
+                "whose content is the same (the identity reads the content)")
+    return ConfigError(f"{where(diff[0] if diff else 'data')}two cells of the study differ {what}")
 
 
 def _deep_copy(d: Any) -> Any:
@@ -331,7 +350,7 @@ def _cell_where(where: SourceMap, choice: Choice) -> SourceMap:
     return cell
 
 
-def _check_references(cfg: RunConfig, where: SourceMap) -> None:
+def check_references(cfg: RunConfig, where: SourceMap) -> None:
     from harness.models import PROJECTORS, check_reference
     from harness.models.loading import ModelLoadError
     from harness.registry import RegistryError

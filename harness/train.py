@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from harness import distributed
-from harness.config import RunConfig, config_hash, flatten, to_yaml
+from harness.config import RunConfig, config_hash, execution_dict, flatten, legacy_hash, to_yaml
 from harness.data.batching import batches_by_count, batches_by_duration, batches_shortest_first
 from harness.data.manifest import Utterance, check_audio_files, read_manifest
 from harness.emergence import find_emergence, plot_curve
@@ -132,7 +132,15 @@ class _NullTracker:
 
 
 def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
-    return Path(root) / config_hash(cfg)[:12]
+    """``root/<hash[:12]>``; a folder an older version named by the run's legacy identity is renamed
+    to it (so an interrupted run resumes from its checkpoint)."""
+    new, old = Path(root) / config_hash(cfg)[:12], Path(root) / legacy_hash(cfg)[:12]
+    if not new.exists() and old.is_dir():
+        try:
+            old.rename(new)
+        except OSError:  # another worker moved it first
+            pass
+    return new
 
 
 class Trainer:
@@ -170,10 +178,13 @@ class Trainer:
         self.optimizer = self._setup_optimizer()
         self.scheduler = self._setup_scheduler()
         self.state = self._load_checkpoint() or TrainState()
+        # Execution settings may change between a run and its resumption (they are not its identity):
+        # tags (mutable) say what this attempt runs with; the params keep what the run started with.
+        self.tracker.set_tags({f"exec.{k}": str(v) for k, v in execution_dict(self.cfg).items()})
         if self.state.step == 0:
             self.tracker.log_metrics({k: float(v) for k, v in self._skipped.items()}, step=0)
             self.tracker.log_params(flatten(self.cfg))
-            self.tracker.set_tags({"config_hash": self.hash})
+            self.tracker.set_tags({"config_hash": self.hash, "harness.identity": "2"})
             for name, value in self.model.param_counts().items():
                 self.tracker.log_metrics({name: float(value)}, step=0)
             if self.dist.enabled:  # what one rank holds of the LLM: all of it (DDP) or its shard (FSDP)
@@ -182,7 +193,7 @@ class Trainer:
 
     def _check_out_dir(self) -> None:
         path = self.out_dir / "config.yaml"
-        if path.exists() and (self.out_dir / "config_hash").read_text().strip() != self.hash:
+        if path.exists() and (self.out_dir / "config_hash").read_text().strip() not in (self.hash, legacy_hash(self.cfg)):
             raise RuntimeError(f"{self.out_dir} holds a run of another configuration; choose another output folder")
         path.write_text(to_yaml(self.cfg))
         (self.out_dir / "config_hash").write_text(self.hash + "\n")

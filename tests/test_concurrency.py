@@ -84,6 +84,29 @@ def test_claims_elect_one_winner_and_ignore_dead_claims(tmp_path: Path) -> None:
     assert client.get_run(live).info.lifecycle_stage == "active"
 
 
+def test_a_contender_stamped_earlier_but_committed_later_still_wins(tmp_path: Path) -> None:
+    """The race CI met with three workers on a PostgreSQL-backed server: a run's start time is stamped
+    by its client before the store commits it. A contender stamped before our claim whose row lands
+    while we settle must win, and we must lose (two winners would train one cell twice, or adopt a
+    parent run its owner then deletes)."""
+    import threading
+
+    from harness import runner
+
+    client = make_client(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.create_experiment("late", artifact_location=(tmp_path / "art").as_uri())
+    tags = {TAG_KIND: "claim", TAG_STUDY: "s", TAG_HASH: "h" * 64, "harness.generation": "new"}
+    stamped = int(time.time() * 1000) - 50  # before ours, as a slower client would have stamped it
+    late = threading.Timer(runner.CLAIM_SETTLE / 3, lambda: client.create_run(exp, start_time=stamped, tags=tags))
+    late.start()
+    try:
+        assert claim_cell(client, exp, "s", "h" * 64, "new", claim_timeout=300) is None
+    finally:
+        late.join()
+    live = client.search_runs([exp], filter_string=f"tags.`{TAG_HASH}` = '{'h' * 64}'")
+    assert [r.info.start_time for r in live] == [stamped]  # our claim was deleted, the earlier one stands
+
+
 def test_a_dead_workers_cell_is_resumed_after_the_claim_timeout(tmp_path: Path, libri) -> None:
     d = _manifests(tmp_path, libri)
     path = write_study(tmp_path, "orphan", base_config(d, max_steps=300, checkpoint_every=20, lr=1e-3))
