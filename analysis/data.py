@@ -112,7 +112,7 @@ def load_runs(
         log.warning("no MLflow experiment %r at %s: the study has not run yet",
                     study.experiment, tracking_uri_of(tracking_uri))
         return _empty_runs(study)
-    by_hash = find_cell_runs(client, exp_id, study.name)  # latest run per cell, as the runner sees them
+    by_hash = find_cell_runs(client, exp_id, study.name, study.cells)  # latest run per cell, as the runner sees them
     order = {c.hash: i for i, c in enumerate(study.cells)}
     cells = {c.hash: c for c in study.cells}
     wanted = list(dict.fromkeys([*study.axis_keys, *SELECTED_PARAMS, *params]))
