@@ -3,7 +3,7 @@
 Everything here goes through :class:`mlflow.tracking.MlflowClient` (search_runs,
 get_metric_history, download_artifacts), so it reads a SQLite file, a folder store or an
 ``mlflow server`` alike. A study is given as its YAML path or as a loaded
-:class:`harness.study.Study`; runs are matched to the study's cells by the ``harness.cell_hash``
+:class:`harness.experiments.study.Study`; runs are matched to the study's cells by the ``harness.cell_hash``
 tag, exactly as the runner matches them::
 
     >>> from analysis.data import load_runs, missing_cells
@@ -24,9 +24,13 @@ from typing import Any
 
 import pandas as pd
 
-from harness.runner import TAG_HASH, TAG_KIND, TAG_STUDY, cell_status, find_cell_runs, make_client
-from harness.runner import tracking_uri as resolve_tracking_uri
-from harness.study import Study, load_study
+from harness.experiments.grid import cell_status, find_cell_runs
+from harness.tracking.store import make_client
+from harness.tracking.store import tracking_uri as resolve_tracking_uri
+from harness.tracking.tags import CELL_HASH as TAG_HASH
+from harness.tracking.tags import KIND as TAG_KIND
+from harness.tracking.tags import STUDY as TAG_STUDY
+from harness.experiments.study import Study, load_study
 
 log = logging.getLogger("analysis.data")
 
@@ -44,7 +48,7 @@ TRANSCRIPT_COLUMNS = ("id", "reference", "hypothesis", "errors", "ref_words")
 
 
 def as_study(study: str | Path | Study) -> Study:
-    """A :class:`Study` from a path (validated by :func:`harness.study.load_study`) or itself."""
+    """A :class:`Study` from a path (validated by :func:`harness.experiments.study.load_study`) or itself."""
     return study if isinstance(study, Study) else load_study(study)
 
 
@@ -290,7 +294,7 @@ def missing_cells(study: str | Path | Study, runs: pd.DataFrame) -> pd.DataFrame
 
 
 def study_parent_run(study: str | Path | Study, *, tracking_uri: str | None = None):
-    """The study's parent MLflow run (tags ``harness.kind=study``, ``harness.study=<name>``), or None."""
+    """The study's parent MLflow run (tags ``harness.kind=study``, ``harness.experiments.study=<name>``), or None."""
     study = as_study(study)
     client = make_client(tracking_uri)
     exp_id = _experiment_id(client, study)

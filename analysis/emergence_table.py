@@ -3,7 +3,7 @@
     python -m analysis.emergence_table studies/english_emergence.yaml [--tracking-uri URI]
 
 One row per finished or running cell, named by its run name and cell hash: the emergence step
-(``harness.emergence``; for a run not finished, the same detector on its steps so far, saying at which step), the training minutes to it (the sum of ``train/step_seconds`` up to that
+(``harness.run.emergence``; for a run not finished, the same detector on its steps so far, saying at which step), the training minutes to it (the sum of ``train/step_seconds`` up to that
 step: training only, evaluations excluded), the median seconds per step, dev teacher-forced accuracy
 at every evaluation, the CTC head's own dev WER at the last evaluation (cells with ``adapter.ctc``),
 and the WER of every test split. Printed as Markdown.
@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.data import load_histories, load_runs
-from harness.emergence import find_emergence
+from harness.run.emergence import find_emergence
 from analysis.tables import Table
 
 HISTORY = ("train/step_seconds", "train/acc", "dev/acc", "dev/ctc_wer")
@@ -75,6 +75,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from harness.cli_common import script_main
+    from harness.cli.common import script_main
 
     script_main(main)  # one line per error (HARNESS_DEBUG=1: the traceback)

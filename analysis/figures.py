@@ -30,7 +30,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from analysis.tables import _hashable, _missing, axis_label, test_splits
-from harness.emergence import smooth
+from harness.run.emergence import smooth
 
 # One look for every figure of the harness.
 STYLE: dict[str, Any] = {
@@ -101,7 +101,7 @@ def _combo_label(row: dict[str, Any], keys: Sequence[str]) -> str:
 
 
 def _window(n: int) -> int:
-    """The smoothing window harness.emergence uses for a curve of n steps."""
+    """The smoothing window harness.run.emergence uses for a curve of n steps."""
     return max(5, n // 20)
 
 
@@ -135,7 +135,7 @@ def emergence_figure(
 ) -> FigureResult:
     """Training accuracy vs step, one line per value of ``by`` (paper Fig. 1: encoders, Fig. 2: LLMs).
 
-    Curves are smoothed with :func:`harness.emergence.smooth` (the window the emergence step is
+    Curves are smoothed with :func:`harness.run.emergence.smooth` (the window the emergence step is
     computed with; raw values faint behind) and each run's logged ``emergence_step`` is marked.
     When other axes vary too, each combination of them gets its own panel.
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import data, figures, tables
-from harness.study import Study
+from harness.experiments.study import Study
 
 log = logging.getLogger("analysis.report")
 

@@ -611,7 +611,7 @@ def runs_table(runs: pd.DataFrame) -> Table:
     if "paper WER" in display.columns and (display["paper WER"] == "").all():
         display = display.drop(columns="paper WER")
     caption = f"every run of the study; WER (%) {_ci_note(runs)}".strip()
-    caption += "; emergence step as logged (harness.emergence)"
+    caption += "; emergence step as logged (harness.run.emergence)"
     return Table("runs", "All runs", caption, display, pd.DataFrame(data_rows))
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from analysis import paper, tables
 from harness.config import flatten
-from harness.study import load_study
+from harness.experiments.study import load_study
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 

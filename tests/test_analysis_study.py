@@ -12,8 +12,9 @@ import pytest
 
 from analysis import data, figures, report, tables
 from harness.data.manifest import write_manifest
-from harness.runner import make_client, run_study
-from harness.study import load_study
+from harness.experiments.grid import run_study
+from harness.tracking.store import make_client
+from harness.experiments.study import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")

@@ -9,9 +9,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import audio, tiny_config
-from harness.bench import BenchSetup, run_bench
+from harness.bench.bench import BenchSetup, run_bench
 from harness.data.manifest import write_manifest
-from harness.flops import step_flops
+from harness.bench.flops import step_flops
 from harness.models import build_model, packed
 
 
@@ -114,7 +114,7 @@ def test_bench_runs_end_to_end_on_tiny_models(tmp_path: Path, libri, monkeypatch
 
 def test_levers_script_times_every_lever_on_the_same_batches(tmp_path: Path, libri, monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture) -> None:
-    from harness.bench_levers import main
+    from harness.bench.levers import main
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     utts = sorted((u for s in libri.values() for u in s), key=lambda u: u.duration)[:8]

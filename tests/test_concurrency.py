@@ -16,8 +16,11 @@ import torch
 from safetensors.torch import load_file
 
 from harness.data.manifest import read_manifest, write_manifest
-from harness.runner import TAG_HASH, TAG_KIND, TAG_STUDY, cell_status, claim_cell, make_client
-from harness.study import load_study
+from harness.experiments.grid import cell_status
+from harness.tracking.liveness import claim_cell
+from harness.tracking.store import make_client
+from harness.tracking.tags import CELL_HASH as TAG_HASH, KIND as TAG_KIND, STUDY as TAG_STUDY
+from harness.experiments.study import load_study
 
 from test_reliability import (_cli, _env, _manifests, assert_no_duplicates, base_config, cell_runs, steps_of,
                               wait_for_file, write_study)
@@ -91,7 +94,7 @@ def test_a_contender_stamped_earlier_but_committed_later_still_wins(tmp_path: Pa
     parent run its owner then deletes)."""
     import threading
 
-    from harness import runner
+    from harness.tracking import liveness as runner
 
     client = make_client(f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.create_experiment("late", artifact_location=(tmp_path / "art").as_uri())
@@ -140,7 +143,7 @@ FILL = """
 import sys
 from harness.config import load_config
 from harness.data.manifest import read_manifest
-from harness.features import FeatureCache
+from harness.run.features import FeatureCache
 from harness.models import build_encoder
 
 cfg = load_config(None, ["encoder.name=tiny:whisper", "llm.name=tiny:llama", "adapter.hidden=64"])

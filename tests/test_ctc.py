@@ -12,8 +12,8 @@ from harness.config import ConfigError, config_hash, legacy_hash, load_config
 from harness.data.manifest import write_manifest
 from harness.models import build_model
 from harness.models.ctc import CTCHead
-from harness.tracking import LocalTracker
-from harness.train import run_training
+from harness.tracking.trackers import LocalTracker
+from harness.run.trainer import run_training
 
 # Tiny Llama's tokenizer spells words letter by letter: k=1 leaves the CTC enough frames per token.
 K1 = ("adapter.k=1",)

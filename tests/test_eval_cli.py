@@ -16,7 +16,7 @@ import soxr
 from conftest import audio, tiny_config
 from harness.config import to_yaml
 from harness.data.manifest import Utterance, write_manifest
-from harness.train import run_training
+from harness.run.trainer import run_training
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

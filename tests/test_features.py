@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.features import AudioDigests, FeatureCache, audio_digest
+from harness.run.features import AudioDigests, FeatureCache, audio_digest
 from harness.models import build_encoder
 
 from conftest import audio, tiny_config
@@ -139,7 +139,7 @@ def test_an_index_saved_by_another_process_meanwhile_is_merged(tmp_path: Path) -
 
 def test_a_trainable_encoder_bypasses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, utts) -> None:
     from harness.data.manifest import write_manifest
-    from harness.train import Trainer
+    from harness.run.trainer import Trainer
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     write_manifest(tmp_path / "utts.jsonl", utts)

@@ -22,7 +22,7 @@ import pytest
 
 from harness.config import ConfigError
 from harness.data.manifest import ManifestError, read_manifest, write_manifest
-from harness.study import load_study
+from harness.experiments.study import load_study
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = [REPO / "studies" / "quickstart.yaml", REPO / "studies" / "mini_adapter.yaml"]

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from harness.config import ConfigError
-from harness.search import load_search
-from harness.study import load_study
+from harness.experiments.search import load_search
+from harness.experiments.study import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 VALUES: list[Any] = [

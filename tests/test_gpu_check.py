@@ -1,4 +1,4 @@
-"""`python -m harness.gpu_check` in its reduced CPU mode: it runs end to end, as the GPU machine runs it
+"""`python -m harness.bench.gpu_check.check` in its reduced CPU mode: it runs end to end, as the GPU machine runs it
 (from the repository root, no install, without MLflow, Optuna, jiwer or soundfile), and writes the JSON and
 the Markdown table with every section's figures; a section that fails or runs out of time is recorded and
 the others still run."""
@@ -44,8 +44,8 @@ def _env(tmp_path: Path, *, block: bool = False) -> dict[str, str]:
 
 
 def test_importing_the_check_imports_no_tracking_or_audio_packages(tmp_path: Path) -> None:
-    code = ("import sys, harness.gpu_check, harness.gpu_check_models, harness.gpu_check_sections, harness.gpu_check_dist, "
-            f"harness.gpu_check_report; print([m for m in {ABSENT!r} if m in sys.modules])")
+    code = ("import sys, harness.bench.gpu_check.check, harness.bench.gpu_check.models, harness.bench.gpu_check.sections, harness.bench.gpu_check.dist, "
+            f"harness.bench.gpu_check.report; print([m for m in {ABSENT!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
@@ -66,7 +66,7 @@ def _check_measure(s: dict) -> None:
 
 def test_cpu_mode_runs_every_section_and_writes_json_and_markdown(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "harness.gpu_check", "--cpu", "--out", str(out), "--budget-s", "400"]
+    cmd = [sys.executable, "-m", "harness.bench.gpu_check.check", "--cpu", "--out", str(out), "--budget-s", "400"]
     run = subprocess.run(cmd, cwd=REPO, env=_env(tmp_path, block=True), capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, (run.stdout[-3000:], run.stderr[-3000:])
     r = json.loads((out / "gpu_check.json").read_text())
@@ -94,8 +94,8 @@ def test_cpu_mode_runs_every_section_and_writes_json_and_markdown(tmp_path: Path
 
 
 def test_a_failing_or_timed_out_section_is_recorded_and_the_table_shows_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness.gpu_check import section
-    from harness.gpu_check_report import summary, table
+    from harness.bench.gpu_check.check import section
+    from harness.bench.gpu_check.report import summary, table
 
     for k, v in _env(tmp_path).items():
         monkeypatch.setenv(k, v)

@@ -29,11 +29,13 @@ from harness.config import (
     load_config,
     to_dict,
 )
-from harness.runner import TAG_HASH, make_client, run_study
+from harness.experiments.grid import run_study
+from harness.tracking.store import make_client
+from harness.tracking.tags import CELL_HASH as TAG_HASH
 from harness.data.manifest import write_manifest
-from harness.study import load_study
+from harness.experiments.study import load_study
 from tests.test_config import _changed, _get, _leaves, _set
-from tests.test_reliability import _manifests, assert_no_duplicates, base_config, cell_runs, steps_of, write_study
+from tests.test_reliability import _manifests, assert_no_duplicates, base_config, steps_of, write_study
 
 EXECUTION_KEYS = {
     "train.device", "train.compile", "train.gradient_checkpointing", "train.full_vocab_logits", "train.parallel",

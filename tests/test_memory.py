@@ -9,7 +9,7 @@ import pytest
 
 PROBE = """
 import resource, torch
-from harness.memory import keep_freed_memory
+from harness.run.memory import keep_freed_memory
 
 def faults(n=10):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

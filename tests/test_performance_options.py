@@ -120,7 +120,7 @@ def test_compiled_training_forward_matches_eager(batch) -> None:
 
 
 def test_bf16_autocast_is_close_to_fp32(tmp_path: Path, batch) -> None:
-    from harness.train import Trainer
+    from harness.run.trainer import Trainer
 
     model = build_model(tiny_config())
     fp32 = _loss_and_grads(model, batch)[0]

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.runner import TAG_HASH, TAG_KIND, TAG_STUDY, make_client
-from harness.study import load_study
+from harness.tracking.store import make_client
+from harness.tracking.tags import CELL_HASH as TAG_HASH, KIND as TAG_KIND, STUDY as TAG_STUDY
+from harness.experiments.study import load_study
 
 from test_reliability import _cli, _env, _manifests, base_config, write_study
 
@@ -98,7 +99,7 @@ def test_optuna_search_on_the_same_postgres(tmp_path: Path, libri, services) -> 
 
     from optuna.trial import TrialState
 
-    from harness.search import ATTR_RUN_ID, run_search
+    from harness.experiments.search import ATTR_RUN_ID, run_search
 
     url, storage = services["HARNESS_TEST_MLFLOW_URL"], services["HARNESS_TEST_OPTUNA_URL"]
     d = _manifests(tmp_path, libri)

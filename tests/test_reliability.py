@@ -26,10 +26,11 @@ from safetensors.torch import load_file
 
 from harness.config import build_config
 from harness.data.manifest import Utterance, write_manifest
-from harness.runner import find_cell_runs, make_client, run_study
-from harness.study import load_study
-from harness.tracking import MlflowTracker
-from harness.train import CheckpointError, Trainer, run_training
+from harness.experiments.grid import find_cell_runs, run_study
+from harness.tracking.store import make_client
+from harness.experiments.study import load_study
+from harness.tracking.trackers import MlflowTracker
+from harness.run.trainer import CheckpointError, Trainer, run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -454,7 +454,7 @@ def test_data_synth_without_usable_sentences_names_the_file(tmp_path: Path) -> N
 def run_without_tests(tmp_path_factory, real_utts) -> Path:
     """A tiny run trained one step whose config names no test split."""
     from harness.config import load_config
-    from harness.train import run_training
+    from harness.run.trainer import run_training
 
     tmp = tmp_path_factory.mktemp("run")
     write_manifest(tmp / "train.jsonl", real_utts[:2])
@@ -479,13 +479,13 @@ def test_eval_with_nothing_to_evaluate_is_an_error(tmp_path: Path, run_without_t
     one_line(proc, "split 'none' holds no utterances")
 
 
-@pytest.mark.parametrize("module", ["analysis.emergence_table", "harness.bench_levers", "harness.bench_llms"])
+@pytest.mark.parametrize("module", ["analysis.emergence_table", "harness.bench.levers", "harness.bench.llms"])
 def test_python_m_scripts_end_in_one_line_too(tmp_path: Path, librispeech_root: Path, module: str) -> None:
     """The ``python -m`` scripts let every error out as a traceback (a missing study file: a
     ConfigError traceback, exit 1 only because Python died of it)."""
     (tmp_path / "broken.jsonl").write_text('{"id": "a", "audio": "a.wav"\n')
-    args = {"analysis.emergence_table": ["missing.yaml"], "harness.bench_levers": ["--train", "broken.jsonl"],
-            "harness.bench_llms": ["pack:no-such-pack", "--librispeech", str(librispeech_root)]}[module]
+    args = {"analysis.emergence_table": ["missing.yaml"], "harness.bench.levers": ["--train", "broken.jsonl"],
+            "harness.bench.llms": ["pack:no-such-pack", "--librispeech", str(librispeech_root)]}[module]
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
                           text=True, timeout=300)
     one_line(proc)

@@ -14,7 +14,7 @@ import pytest
 
 from harness.config import ConfigError, load_config
 from harness.data.manifest import ManifestError, read_manifest
-from harness.study import load_study
+from harness.experiments.study import load_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,7 +86,7 @@ def test_alias_bomb_is_refused_in_seconds(tmp_path: Path, loader: str) -> None:
     read_yaml run for minutes and take tens of GB."""
     assert len(BOMB) < 1024
     path = write(tmp_path, ("name: bomb\n" if loader == "load_study" else "") + BOMB)
-    code = (f"from harness.config import ConfigError\nfrom harness.study import load_study\n"
+    code = (f"from harness.config import ConfigError\nfrom harness.experiments.study import load_study\n"
             f"from harness.config import load_config\n"
             f"try:\n    {loader}({str(path)!r})\nexcept ConfigError as e:\n    print(e)\n")
     # A hang guard, not a benchmark: the check itself takes milliseconds. The memory cap keeps a

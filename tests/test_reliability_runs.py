@@ -13,9 +13,10 @@ import torch
 from harness.config import build_config
 from harness.data.audio import load_audio, save_audio
 from harness.data.manifest import write_manifest
-from harness.runner import make_client, run_study
-from harness.study import load_study
-from harness.train import CheckpointError, Trainer
+from harness.experiments.grid import run_study
+from harness.tracking.store import make_client
+from harness.experiments.study import load_study
+from harness.run.trainer import CheckpointError, Trainer
 
 from test_reliability import _manifests, assert_no_duplicates, base_config, cell_runs, steps_of, write_study
 

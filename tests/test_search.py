@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import FixedTrial, TrialState
 
 from harness.config import ConfigError, config_hash
-from harness.search import (
+from harness.experiments.search import (
     ATTR_RETRY_OF,
     ATTR_RUN_ID,
     EmergenceAwarePruner,
@@ -35,8 +35,8 @@ from harness.search import (
     run_search,
     suggest_config,
 )
-from harness.search_cli import dashboard_command, search_command
-from harness.study import load_study
+from harness.cli.search import dashboard_command, search_command
+from harness.experiments.study import load_study
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRISPEECH = REPO.parent / "shared" / "data" / "librispeech-mini"
@@ -325,7 +325,7 @@ def test_workers_that_finish_together_start_exactly_n_trials(tmp_path):
     workers both starting the last trial of three)."""
     import threading
 
-    from harness.search import _tally, _work
+    from harness.experiments.search import tally, work
 
     journal = str(tmp_path / "optuna-journal.log")
     optuna.create_study(storage=open_storage(journal), study_name="race")
@@ -338,7 +338,7 @@ def test_workers_that_finish_together_start_exactly_n_trials(tmp_path):
 
     def worker() -> None:
         study = optuna.load_study(storage=open_storage(journal), study_name="race")
-        _work(study, objective, n_trials=10, deadline=None, grace_period=60.0, poll=0.05, storage=journal)
+        work(study, objective, n_trials=10, deadline=None, grace_period=60.0, poll=0.05, storage=journal)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:
@@ -347,13 +347,14 @@ def test_workers_that_finish_together_start_exactly_n_trials(tmp_path):
         t.join(timeout=120)
     study = optuna.load_study(storage=open_storage(journal), study_name="race")
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 10
-    assert _tally(study)["counted"] == 10
+    assert tally(study)["counted"] == 10
 
 
 def test_a_trial_started_past_the_total_steps_aside(tmp_path, manifests):
     """Workers on two machines can still race for the last trial: the loser trains nothing, leaves
     no MLflow run, and its FAIL does not count towards n_trials."""
-    from harness.search import ATTR_SURPLUS, _Surplus, _tally
+    from harness.experiments.search import ATTR_SURPLUS, tally
+    from harness.experiments.search import SurplusTrial
 
     study = load_study(study_file(tmp_path, manifests, LR_SEARCH))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -367,12 +368,12 @@ def test_a_trial_started_past_the_total_steps_aside(tmp_path, manifests):
     winner, loser = ostudy.ask(), ostudy.ask()  # the other machine's trial 2 is running
     objective = make_objective(study, client=client, parent_run_id=None, experiment_id=experiment_id,
                                runs_root=tmp_path / "runs", study_name="s", n_trials=3)
-    with pytest.raises(_Surplus, match="trial 3: the study already has 3 trials"):
+    with pytest.raises(SurplusTrial, match="trial 3: the study already has 3 trials"):
         objective(loser)
     ostudy.tell(loser, state=TrialState.FAIL)
     ostudy.tell(winner, 1.0)
     assert ostudy.get_trials()[3].user_attrs[ATTR_SURPLUS] is True
-    assert _tally(ostudy)["counted"] == 3
+    assert tally(ostudy)["counted"] == 3
     assert mlflow_runs(uri, "surplus", "trial") == []
     assert not (tmp_path / "runs").exists()
 
@@ -386,7 +387,7 @@ def test_search_resumes_after_a_killed_worker(tmp_path, manifests):
     journal = str(tmp_path / "optuna-journal.log")
     kwargs = dict(storage=journal, tracking_uri=uri, runs_root=str(tmp_path / "runs"), heartbeat_interval=1.0,
                   grace_period=4.0)
-    code = (f"from harness.search import run_search; from harness.study import load_study; "
+    code = (f"from harness.experiments.search import run_search; from harness.experiments.study import load_study; "
             f"run_search(load_study({str(path)!r}), **{kwargs!r})")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     with open(tmp_path / "worker.log", "w") as out:

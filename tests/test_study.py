@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from harness.config import ConfigError, config_hash
-from harness.runner import find_cell_runs, run_study
-from harness.study import load_study, run_name
+from harness.experiments.grid import find_cell_runs, run_study
+from harness.experiments.study import load_study, run_name
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = REPO / "studies"

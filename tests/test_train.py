@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from harness.config import RunConfig, build_config, to_dict
 from harness.data.manifest import write_manifest
-from harness.tracking import LocalTracker
-from harness.train import Trainer, TrainingDiverged, run_training
+from harness.tracking.trackers import LocalTracker
+from harness.run.trainer import Trainer, TrainingDiverged, run_training
 
 # Values that depend on wall-clock time, not on the computation.
 TIMING = {"train/step_seconds", "train/audio_sec_per_sec", "train/wall_seconds"}

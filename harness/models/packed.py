@@ -13,7 +13,7 @@ built)::
 
 and a 2048 x 2048 matmul runs at 178 (MKL) against 216 (oneDNN packed); ``harness bench`` measures
 both in every run. A training step's forward and backward of the offline default is 1.06-1.13x
-faster than through ``F.linear`` (``python -m harness.bench_levers``), and the matmuls of a 16-row
+faster than through ``F.linear`` (``python -m harness.bench.levers``), and the matmuls of a 16-row
 decoding step took 37 ms instead of 76 ms.
 
 Every frozen ``nn.Linear`` of the LLM (the LoRA base layers too; the LM head included) keeps its

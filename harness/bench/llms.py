@@ -1,6 +1,6 @@
 """Seconds per training step of the recipe for several LLMs, measured side by side, alternating round by round.
 
-    python -m harness.bench_llms [LLM_REF ...]      # default: SmolLM2-135M against Qwen2.5-Coder-0.5B
+    python -m harness.bench.llms [LLM_REF ...]      # default: SmolLM2-135M against Qwen2.5-Coder-0.5B
 
 One step is what the trainer does (``forward_frames``, backward, gradient clipping, fused AdamW) on the
 same batch of the 4 shortest real LibriSpeech utterances of ``../shared/data/librispeech-mini``, with the
@@ -69,6 +69,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from harness.cli_common import script_main
+    from harness.cli.common import script_main
 
     script_main(main)  # one line per error (HARNESS_DEBUG=1: the traceback)

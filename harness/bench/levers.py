@@ -5,8 +5,8 @@ the levers off one at a time, on the bench's corpus and offline default models, 
 is measured in one process, with the variants alternating round by round (a shared machine's speed
 drifts; alternating spreads the drift over all of them)::
 
-    python -m harness.bench_levers                # ~3 min on 2 CPU cores
-    python -m harness.bench_levers --rounds 10 --batches 8
+    python -m harness.bench.levers                # ~3 min on 2 CPU cores
+    python -m harness.bench.levers --rounds 10 --batches 8
 
 Levers: the prompt prefix shared as a KV cache (off: the prefix runs in every row), the frozen
 linears through oneDNN with packed weights (off: ``F.linear``), fused AdamW (off: PyTorch's default
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from harness.bench import BenchSetup, _config
+from harness.bench.bench import BenchSetup, _config
 
 
 def _train_variants(setup: BenchSetup, *, batches: int, rounds: int) -> tuple[dict[str, float], list[torch.nn.Parameter]]:
-    from harness.decode import speech_frames
-    from harness.train import Trainer
+    from harness.run.decode import speech_frames
+    from harness.run.trainer import Trainer
 
     trainer = Trainer(_config(setup, "ours"), Path(setup.workdir) / "levers", progress=False)
     trainer.setup()
@@ -108,6 +108,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from harness.cli_common import script_main
+    from harness.cli.common import script_main
 
     script_main(main)  # one line per error (HARNESS_DEBUG=1: the traceback)

@@ -2,8 +2,8 @@
 
 From the repository root, no install needed (the GPU machine has no ``harness`` entry point)::
 
-    PYTHONUNBUFFERED=1 python -m harness.gpu_check --out $OUT 2>&1 | tee $OUT/log.txt
-    python -m harness.gpu_check --cpu --out outputs/gpu-check     # reduced CPU mode: tiny shapes, about a minute
+    PYTHONUNBUFFERED=1 python -m harness.bench.gpu_check.check --out $OUT 2>&1 | tee $OUT/log.txt
+    python -m harness.bench.gpu_check.check --cpu --out outputs/gpu-check     # reduced CPU mode: tiny shapes, about a minute
 
 It builds models of the real shapes with random weights from their configs (nothing is downloaded or
 read from disk): the offline default (Whisper tiny.en encoder, SmolLM2-135M Llama decoder) and the
@@ -15,7 +15,7 @@ transcripts, and measures, each section in its own process with its own time lim
   native-length input from cached encoder frames, LM head at labelled positions, shared prompt prefix,
   batches by audio seconds; vs 30-s padded input encoded at every step, full-vocabulary logits, the
   prefix in every row, batches of 4): step time, audio seconds per second, useful FLOP/s
-  (:mod:`harness.flops`) against the bf16 matmul rate measured in the same process, CUDA peak memory;
+  (:mod:`harness.bench.flops`) against the bf16 matmul rate measured in the same process, CUDA peak memory;
   then batched vs one-by-one greedy decoding, with the transcripts compared.
 - ``numerics:<shape>``: bf16-autocast training steps on CUDA against the same steps in fp32 on the CPU.
 - ``compile:<shape>``: ``torch.compile`` of the training forward on vs off.
@@ -47,7 +47,7 @@ GPU_PLAN = [("measure:offline-default", 0.16), ("measure:paper-7b", 0.28), ("num
             ("compile:offline-default", 0.16), ("distributed:offline-default", 0.08), ("compile:paper-7b", 0.22)]
 CPU_PLAN = [("measure:tiny", 0.25), ("measure:tiny-bf16", 0.2), ("numerics:tiny", 0.15), ("compile:tiny", 0.25),
             ("distributed:tiny", 0.15)]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 # ------------------------------------------------------------------------------------ one section
@@ -55,11 +55,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_section(name: str, rec, deadline: float, *, cpu: bool, out_dir: Path, compile_backend: str | None = None) -> dict[str, Any]:
     """Run section ``name`` in this process until ``deadline`` (wall clock), recording into ``rec``
-    (a :class:`~harness.gpu_check_sections.Recorder`, which keeps what was measured when the section raises)."""
+    (a :class:`~harness.bench.gpu_check.sections.Recorder`, which keeps what was measured when the section raises)."""
     import torch
 
-    from harness import gpu_check_models as gm
-    from harness import gpu_check_sections as sec
+    from harness.bench.bench.gpu_check import models as gm
+    from harness.bench.bench.gpu_check import sections as sec
 
     kind, _, shape_name = name.partition(":")
     shape = gm.SHAPES[shape_name]
@@ -75,7 +75,7 @@ def run_section(name: str, rec, deadline: float, *, cpu: bool, out_dir: Path, co
 
 def _isolated(name: str, timeout: float, *, cpu: bool, out_dir: Path, compile_backend: str | None) -> tuple[int, dict[str, Any]]:
     """The section in a child process (its own CUDA peak memory; killed with its workers past ``timeout``)."""
-    from harness.gpu_check_sections import run_killable
+    from harness.bench.gpu_check.sections import run_killable
 
     result = out_dir / "sections" / f"{name.replace(':', '_')}.json"
     log = out_dir / "logs" / f"{name.replace(':', '_')}.log"
@@ -84,7 +84,7 @@ def _isolated(name: str, timeout: float, *, cpu: bool, out_dir: Path, compile_ba
     result.unlink(missing_ok=True)
     # The child stops its own loops a little before the kill, to write what it has.
     deadline = time.time() + 0.85 * timeout - 5
-    cmd = [sys.executable, "-m", "harness.gpu_check", "--child", name, "--result", str(result), "--deadline", str(deadline),
+    cmd = [sys.executable, "-m", "harness.bench.gpu_check.check", "--child", name, "--result", str(result), "--deadline", str(deadline),
            "--out", str(out_dir), *(["--cpu"] if cpu else []), *(["--compile-backend", compile_backend] if compile_backend else [])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     rc = run_killable(cmd, env=env, timeout=timeout, log=log)
@@ -103,7 +103,7 @@ def section(name: str, timeout: float, *, cpu: bool, isolate: bool, out_dir: Pat
         rc, data = _isolated(name, timeout, cpu=cpu, out_dir=out_dir, compile_backend=compile_backend)
         status = "ok" if rc == 0 else ("timeout" if rc == 124 else "error")
     else:
-        from harness.gpu_check_sections import Recorder
+        from harness.bench.gpu_check.sections import Recorder
 
         rec = Recorder()
         try:
@@ -119,7 +119,7 @@ def section(name: str, timeout: float, *, cpu: bool, isolate: bool, out_dir: Pat
 
 
 def _child(args: argparse.Namespace) -> int:
-    from harness.gpu_check_sections import Recorder
+    from harness.bench.gpu_check.sections import Recorder
 
     rec = Recorder(args.result)
     try:
@@ -177,7 +177,7 @@ def run_check(out: str | Path, *, cpu: bool | None = None, budget_s: float | Non
     """Every section of the plan within ``budget_s``; writes ``gpu_check.json`` and ``gpu_check.md`` under ``out``."""
     import torch
 
-    from harness.gpu_check_report import table
+    from harness.bench.gpu_check.report import table
 
     cpu = (not torch.cuda.is_available()) if cpu is None else cpu
     budget = budget_s or (CPU_BUDGET_S if cpu else DEFAULT_BUDGET_S)
@@ -200,7 +200,7 @@ def run_check(out: str | Path, *, cpu: bool | None = None, budget_s: float | Non
 
 
 def _write(out: Path, results: dict[str, Any], start: float, table) -> dict[str, Any]:
-    from harness.gpu_check_report import summary
+    from harness.bench.gpu_check.report import summary
 
     results["wall_seconds"] = time.time() - start
     results["summary"] = summary(results)
@@ -210,7 +210,7 @@ def _write(out: Path, results: dict[str, Any], start: float, table) -> dict[str,
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m harness.gpu_check", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m harness.bench.gpu_check.check", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="outputs/gpu-check", help="folder for gpu_check.json / .md (default: %(default)s)")
     ap.add_argument("--cpu", action="store_true", default=None, help="reduced CPU mode (automatic without CUDA)")
     ap.add_argument("--budget-s", type=float, default=None,

@@ -1,7 +1,7 @@
-"""``harness gpu-check``: the click command of :mod:`harness.gpu_check` (registered in :mod:`harness.cli`).
+"""``harness gpu-check``: the click command of :mod:`harness.bench.gpu_check.check` (registered in :mod:`harness.cli`).
 
 On a GPU machine without the ``harness`` entry point, run the module itself from the repository root:
-``python -m harness.gpu_check --out $OUT``; both take the same options.
+``python -m harness.bench.gpu_check.check --out $OUT``; both take the same options.
 """
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 
 import click
 
-from harness.cli_common import POSITIVE_SECONDS, HarnessError
+from harness.cli.common import POSITIVE_SECONDS, HarnessError
 
 
 def _section_names(ctx, param, value: str | None) -> list[str] | None:
     """``--sections a,b``: each a section (``measure:tiny``) or a kind (``measure``) of one of the plans."""
-    from harness.gpu_check import CPU_PLAN, GPU_PLAN
+    from harness.bench.gpu_check.check import CPU_PLAN, GPU_PLAN
 
     if value is None:
         return None
@@ -42,7 +42,7 @@ def gpu_check_command(out: str, cpu: bool | None, budget_s: float | None, sectio
     """Prove the CUDA path in one run: real shapes with random weights (offline default and the paper's 7B
     headline), ours vs reference training speed, useful FLOP/s vs the bf16 matmul rate, CUDA peak memory,
     batched vs one-by-one decoding, bf16 vs fp32 numerics, torch.compile, DDP/FSDP over NCCL."""
-    from harness.gpu_check import run_check
+    from harness.bench.gpu_check.check import run_check
 
     results = run_check(out, cpu=cpu or None, budget_s=budget_s, sections=sections, isolate=isolate,
                         compile_backend=compile_backend)

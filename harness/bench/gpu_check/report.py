@@ -1,9 +1,9 @@
-"""The Markdown table and the summary of a :mod:`harness.gpu_check` result."""
+"""The Markdown table and the summary of a :mod:`harness.bench.gpu_check.check` result."""
 from __future__ import annotations
 
 from typing import Any
 
-from harness.gpu_check_models import SHAPES
+from harness.bench.gpu_check.models import SHAPES
 
 
 NOTES = """\
@@ -11,7 +11,7 @@ NOTES = """\
   seconds bucketed by length, the LM head at labelled positions only, the prompt prefix computed once and shared.
   *Reference*: 30-s padded input encoded at every step, batches of 4 utterances of random lengths, full-vocabulary
   logits, the prefix in every row. Both from the same projector weights; random weights, synthetic audio.
-- *Useful FLOPs* (`harness/flops.py`): the recipe's model FLOPs over real tokens; the percentage is of the dense
+- *Useful FLOPs* (`harness/bench/flops.py`): the recipe's model FLOPs over real tokens; the percentage is of the dense
   matmul rate measured in the same process (bf16 on CUDA), sampled before, between and after the two variants.
 """
 

@@ -10,14 +10,14 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.config import DecodeConfig
-from harness.distributed import Dist
+from harness.run.distributed import Dist
 from harness.data.audio import load_audio
 from harness.data.manifest import Utterance
-from harness.metrics import WERResult, word_errors
+from harness.run.metrics import WERResult, word_errors
 from harness.models.speech_llm import SpeechLLM
 
 if TYPE_CHECKING:
-    from harness.features import FeatureCache
+    from harness.run.features import FeatureCache
 
 
 def speech_frames(

@@ -8,7 +8,7 @@
     harness transcribe RUN_DIR AUDIO...
 
 Any error ends in one line on stderr and a non-zero exit (``harness --debug ...`` shows the traceback
-instead of writing it to a log file): see :mod:`harness.cli_common`.
+instead of writing it to a log file): see :mod:`harness.cli.common`.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _setup_logging(verbose: bool) -> None:
     hf_logging.set_verbosity_error()
 
 
-from harness.cli_common import (  # noqa: E402
+from harness.cli.common import (  # noqa: E402
     COUNT, PORT, POSITIVE_INT, FiniteFloatRange, HarnessError, HarnessGroup, ensure_port_free, run_server,
 )
 
@@ -230,10 +230,10 @@ def data_subset(manifest: str, out: str, n: int) -> None:
 @click.option("--no-progress", is_flag=True, help="No progress bars (logs only).")
 def train(config: str | None, overrides: tuple[str, ...], out: str | None, no_progress: bool) -> None:
     """Train one run from CONFIG (YAML; omit for defaults) with a.b=v OVERRIDES, then evaluate it."""
-    from harness import distributed
+    from harness.run import distributed
     from harness.config import config_hash, load_config
     from harness.models import validate_references
-    from harness.train import default_run_dir, run_training
+    from harness.run.trainer import default_run_dir, run_training
 
     if config is not None and "=" in config and not Path(config).exists():
         overrides, config = (config, *overrides), None  # `harness train a.b=v` with no file
@@ -263,7 +263,7 @@ def _load_run(run_dir: str):
 
     from harness.config import load_config
     from harness.models import build_model
-    from harness.train import resolve_device
+    from harness.run.trainer import resolve_device
 
     cfg = load_config(Path(run_dir) / "config.yaml")
     weights = Path(run_dir) / "trainable.safetensors"
@@ -294,8 +294,8 @@ def eval_cmd(run_dir: str, splits: tuple[str, ...], beam: int | None, overrides:
     import dataclasses
 
     from harness.data.manifest import read_manifest
-    from harness.decode import ctc_transcribe, evaluate_split
-    from harness.metrics import NORMALISERS, word_errors
+    from harness.run.decode import ctc_transcribe, evaluate_split
+    from harness.run.metrics import NORMALISERS, word_errors
 
     named = {}
     for spec in splits:
@@ -381,8 +381,8 @@ def _print_rows(rows: list[dict[str, str]]) -> None:
 @_tracking_option
 def study_run(study_file, overrides, dry_run, retry_failed, claim_timeout, runs_root, no_progress, tracking_uri) -> None:
     """Run every cell of STUDY_FILE that is not done yet (a.b=v OVERRIDES apply to its base)."""
-    from harness.runner import run_study, study_table
-    from harness.study import load_study
+    from harness.experiments.grid import run_study, study_table
+    from harness.experiments.study import load_study
 
     st = load_study(study_file, overrides)
     if dry_run:
@@ -430,7 +430,7 @@ def report(study_file: str, out: str | None, tracking_uri: str | None) -> None:
 @click.pass_context
 def bench(ctx, steps: int, warmup: int, encoder: str, llm: str, train_manifest: str, dev_manifest: str, device: str, out: str) -> None:
     """Measure training and decoding side by side with the reference code's settings; write JSON + table."""
-    from harness.bench import BenchSetup, run_bench, table
+    from harness.bench.bench import BenchSetup, run_bench, table
 
     if steps <= warmup:
         raise click.ClickException(f"--steps ({steps}) must exceed --warmup ({warmup})")
@@ -507,7 +507,7 @@ def _manifests(cfg) -> list[str]:
 @click.pass_context
 def quickstart(ctx, study_file, librispeech, texts, n_train, n_eval, tracking_uri) -> None:
     """The main job: synthesize the corpora the study uses, index real LibriSpeech, run the study."""
-    from harness.study import load_study
+    from harness.experiments.study import load_study
 
     study = load_study(study_file)
     used = {Path(p).parent.as_posix() for c in study.cells for p in _manifests(c.config)}
@@ -534,7 +534,7 @@ def quickstart(ctx, study_file, librispeech, texts, n_train, n_eval, tracking_ur
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told otherwise).")
 def ui(tracking_uri: str | None, port: int, host: str) -> None:
     """Start the MLflow UI for the study store and print its address; it stops with this command."""
-    from harness.runner import tracking_uri as resolve_uri
+    from harness.tracking.store import tracking_uri as resolve_uri
 
     uri = resolve_uri(tracking_uri)
     ensure_port_free(host, port, "MLflow UI")
@@ -543,12 +543,12 @@ def ui(tracking_uri: str | None, port: int, host: str) -> None:
                program="MLflow UI")
 
 
-from harness.search_cli import dashboard_command, search_command  # noqa: E402 - after main exists
+from harness.cli.search import dashboard_command, search_command  # noqa: E402 - after main exists
 
 main.add_command(search_command)
 main.add_command(dashboard_command)
 
-from harness.gpu_check_cli import gpu_check_command  # noqa: E402 - after main exists
+from harness.cli.gpu_check import gpu_check_command  # noqa: E402 - after main exists
 
 main.add_command(gpu_check_command)
 

@@ -13,7 +13,7 @@ Each part runs in a fresh child process, so its peak memory (RSS; CUDA peak on a
    full-vocabulary logits, batches of random lengths); both train the same number of steps from the
    same seed and are then evaluated on the same dev utterances, so the speed-up is shown next to the
    accuracy each reached. The same process measures the machine's dense matmul rate, and the
-   training step's useful FLOP/s (:mod:`harness.flops`, real tokens only) is reported against it.
+   training step's useful FLOP/s (:mod:`harness.bench.flops`, real tokens only) is reported against it.
 2. **grid**: encoder time of a 4-cell grid that shares one frozen encoder, without the feature cache
    (every cell encodes its audio) and with it (the first cell fills it, all four read it).
 3. **decode**: batched (16) vs one-by-one greedy decoding of the same utterances with the trained
@@ -160,7 +160,7 @@ def _config(setup: BenchSetup, variant: str):
 def _step_flops(model, utts) -> dict[str, float]:
     """Model FLOPs (the useful work, prefix forward in every row) and the FLOPs our step executes."""
     from harness.data.audio import SAMPLE_RATE
-    from harness.flops import step_flops
+    from harness.bench.flops import step_flops
 
     frames = torch.tensor([model.encoder.num_frames(int(round(u.duration * SAMPLE_RATE))) for u in utts])
     speech = model.projector.output_lengths(frames).tolist()
@@ -177,7 +177,7 @@ def _step_flops(model, utts) -> dict[str, float]:
 def _part_train(setup: BenchSetup, variant: str) -> dict[str, Any]:
     from safetensors.torch import save_file
 
-    from harness.train import Trainer
+    from harness.run.trainer import Trainer
 
     class RecordingTrainer(Trainer):
         """Remembers the utterances of each step, to count that step's useful FLOPs."""
@@ -246,8 +246,8 @@ def _part_grid(setup: BenchSetup) -> dict[str, Any]:
     from harness.config import build_config
     from harness.data.audio import load_audio
     from harness.data.manifest import read_manifest
-    from harness.distributed import local_device
-    from harness.features import FeatureCache, encoder_batch_seconds, encoder_batches
+    from harness.run.distributed import local_device
+    from harness.run.features import FeatureCache, encoder_batch_seconds, encoder_batches
     from harness.models import build_encoder
 
     device = local_device(setup.device)
@@ -293,11 +293,11 @@ def _part_decode(setup: BenchSetup) -> dict[str, Any]:
 
     from harness.config import DecodeConfig
     from harness.data.manifest import read_manifest
-    from harness.decode import transcribe
-    from harness.features import FeatureCache
+    from harness.run.decode import transcribe
+    from harness.run.features import FeatureCache
     from harness.models import build_model
     from harness.packs import cache_dir
-    from harness.train import resolve_device
+    from harness.run.trainer import resolve_device
 
     cfg = _config(setup, "ours")
     device = resolve_device(cfg.train.device)

@@ -1,5 +1,5 @@
 """Models of the real shapes with random weights, synthetic speech, and one timed training step,
-for :mod:`harness.gpu_check`.
+for :mod:`harness.bench.gpu_check.check`.
 
 Nothing here reads a file or downloads anything: the encoder and the LLM are built from their configs
 (Whisper's encoder, a Llama decoder), the tokenizer is a word-level one whose words are ``w<id>``, the
@@ -252,8 +252,8 @@ def padded(frames: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def step_flops(model, lengths: torch.Tensor, texts: list[str]) -> dict[str, float]:
     """Useful (model) FLOPs of a step, the prompt prefix forward in every row, and what our step executes
-    (:mod:`harness.flops`; the same count as ``harness bench``)."""
-    from harness.flops import step_flops as count
+    (:mod:`harness.bench.flops`; the same count as ``harness bench``)."""
+    from harness.bench.flops import step_flops as count
 
     speech = model.projector.output_lengths(lengths.cpu()).tolist()
     targets = [len(model.prompt.target_ids(t)) for t in texts]

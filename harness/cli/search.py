@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from harness.cli_common import POSITIVE_INT, PORT, POSITIVE_SECONDS, ensure_port_free, friendly as _friendly, run_server
+from harness.cli.common import POSITIVE_INT, PORT, POSITIVE_SECONDS, ensure_port_free, friendly as _friendly, run_server
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -51,8 +51,8 @@ def search_command(study_file: str, n_trials: int | None, storage: str | None, s
     """Run (or continue) the Optuna search of STUDY_FILE; every trial is an MLflow run."""
     from optuna.trial import TrialState
 
-    from harness.search import _safe_url, resolve_storage, run_search
-    from harness.study import load_study
+    from harness.experiments.search import resolve_storage, run_search, safe_url
+    from harness.experiments.study import load_study
 
     _ensure_logging()
 
@@ -79,14 +79,14 @@ def search_command(study_file: str, n_trials: int | None, storage: str | None, s
         best = result.best_trial
         click.echo(f"best trial {best.number}: {best.value:.4g}  {best.params}")
     used = resolve_storage(storage, workers=workers)
-    click.echo(f"dashboard: harness dashboard {study_file} --storage {_safe_url(used)}")
+    click.echo(f"dashboard: harness dashboard {study_file} --storage {safe_url(used)}")
 
 
 def _default_storage(study_name: str) -> str:
     """The storage ``harness search`` used by default: the one that holds the study, else the one that exists."""
     import optuna
 
-    from harness.search import DEFAULT_JOURNAL, DEFAULT_SQLITE, open_storage
+    from harness.experiments.search import DEFAULT_JOURNAL, DEFAULT_SQLITE, open_storage
 
     found = [s for s, path in ((DEFAULT_SQLITE, "optuna.db"), (DEFAULT_JOURNAL, DEFAULT_JOURNAL)) if Path(path).exists()]
     for storage in found:
@@ -123,12 +123,12 @@ def _dashboard_executable() -> list[str]:
 @_friendly
 def dashboard_command(study_file: str, storage: str | None, port: int, host: str) -> None:
     """Start optuna-dashboard on the search storage of STUDY_FILE."""
-    from harness.search import _safe_url
-    from harness.study import load_study
+    from harness.experiments.search import safe_url
+    from harness.experiments.study import load_study
 
     st = load_study(study_file)
     storage = storage or _default_storage(st.name)
     cmd = [*_dashboard_executable(), storage, "--host", host, "--port", str(port)]  # a list: no shell
     ensure_port_free(host, port, "optuna-dashboard")
-    click.echo(f"optuna-dashboard for {_safe_url(storage)} at http://{host}:{port}  (study {st.name}; Ctrl-C to stop)")
+    click.echo(f"optuna-dashboard for {safe_url(storage)} at http://{host}:{port}  (study {st.name}; Ctrl-C to stop)")
     run_server(cmd, program="optuna-dashboard")

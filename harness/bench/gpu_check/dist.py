@@ -1,11 +1,11 @@
-"""The distributed part of :mod:`harness.gpu_check`, one process per rank under ``torchrun``::
+"""The distributed part of :mod:`harness.bench.gpu_check.check`, one process per rank under ``torchrun``::
 
-    torchrun --standalone --nproc_per_node 2 -m harness.gpu_check_dist --shape offline-default --out dist.json
+    torchrun --standalone --nproc_per_node 2 -m harness.bench.gpu_check.dist --shape offline-default --out dist.json
 
 Every rank builds the same model (same seed), takes its round-robin share of one global batch, weights
 its loss by its share of the batch's target tokens and sums the trainable gradients over the ranks
-(:class:`harness.distributed.Dist`, as the trainer does), once with the LLM whole on every rank (DDP)
-and once with its decoder layers sharded (FSDP2, :func:`harness.distributed.shard_llm`). Each rank also
+(:class:`harness.run.distributed.Dist`, as the trainer does), once with the LLM whole on every rank (DDP)
+and once with its decoder layers sharded (FSDP2, :func:`harness.run.distributed.shard_llm`). Each rank also
 runs the whole batch through an unsharded copy: the summed gradients must equal that copy's. Runs in
 fp32 with TF32 off, so the comparison is about the parallel code, not about precision. Rank 0 writes
 the JSON.
@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from harness import distributed
-from harness import gpu_check_models as gm
+from harness.run import distributed
+from harness.bench.bench.gpu_check import models as gm
 
 GRAD_RTOL = 1e-4
 """fp32, TF32 off: summed per-rank gradients equal the whole batch's to 1e-4 (relative norm), the losses too."""

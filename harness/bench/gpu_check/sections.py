@@ -1,4 +1,4 @@
-"""The sections of :mod:`harness.gpu_check`: each measures one thing, within its own deadline, and writes
+"""The sections of :mod:`harness.bench.gpu_check.check`: each measures one thing, within its own deadline, and writes
 what it has measured so far into a :class:`Recorder` (so a section stopped at its time limit still
 leaves its finished parts behind).
 
@@ -31,8 +31,8 @@ from typing import Any, Callable
 
 import torch
 
-from harness import gpu_check_models as gm
-from harness.gpu_check_dist import GRAD_RTOL
+from harness.bench.bench.gpu_check import models as gm
+from harness.bench.gpu_check.dist import GRAD_RTOL
 
 LOSS_RTOL = 2e-2
 """Numerics: each step's loss in bf16 autocast within 2 % of the fp32 loss."""
@@ -84,7 +84,7 @@ def reset_peak(device: torch.device) -> None:
 
 def matmul(device: torch.device) -> dict[str, Any]:
     """The dense matmul rate of this process (bf16 on CUDA at 8192^2; fp32 on the CPU, best kernel)."""
-    from harness.bench import matmul_rate
+    from harness.bench.bench import matmul_rate
 
     return matmul_rate(device, n=8192 if device.type == "cuda" else 512, seconds=1.0 if device.type == "cuda" else 0.3)
 
@@ -322,7 +322,7 @@ def section_compile(rec: Recorder, shape: gm.Shape, device: torch.device, deadli
 
 
 def section_distributed(rec: Recorder, shape: gm.Shape, *, cpu: bool, timeout: float, out_dir: Path) -> None:
-    """``torchrun --nproc_per_node 2 -m harness.gpu_check_dist``: NCCL with two or more GPUs, else gloo on the CPU."""
+    """``torchrun --nproc_per_node 2 -m harness.bench.gpu_check.dist``: NCCL with two or more GPUs, else gloo on the CPU."""
     gpus = 0 if cpu else torch.cuda.device_count()
     backend = "nccl" if gpus >= 2 else "gloo"
     nproc = min(gpus, 8) if gpus >= 2 else 2
@@ -334,7 +334,7 @@ def section_distributed(rec: Recorder, shape: gm.Shape, *, cpu: bool, timeout: f
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "dist.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "-m", "harness.gpu_check_dist", "--shape", shape.name, "--out", str(result), *(["--cpu"] if backend == "gloo" else [])]
+               "-m", "harness.bench.gpu_check.dist", "--shape", shape.name, "--out", str(result), *(["--cpu"] if backend == "gloo" else [])]
         env = {**os.environ, "PYTHONPATH": _repo_path(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         log = out_dir / "logs" / "distributed.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -351,7 +351,7 @@ def section_distributed(rec: Recorder, shape: gm.Shape, *, cpu: bool, timeout: f
 
 
 def _repo_path() -> str:
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[3])
     return os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
@@ -362,7 +362,7 @@ def run_killable(cmd: list[str], *, env: dict[str, str], timeout: float, log: Pa
 
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-                                cwd=str(Path(__file__).resolve().parents[1]))
+                                cwd=str(Path(__file__).resolve().parents[3]))
         try:
             return proc.wait(timeout=max(1.0, timeout))
         except subprocess.TimeoutExpired:

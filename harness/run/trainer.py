@@ -26,18 +26,18 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from harness import distributed
+from harness.run import distributed
 from harness.config import RunConfig, config_hash, execution_dict, flatten, legacy_hash, to_yaml
 from harness.data.batching import batches_by_count, batches_by_duration, batches_shortest_first
 from harness.data.manifest import Utterance, check_audio_files, read_manifest
-from harness.emergence import find_emergence, plot_curve
-from harness.decode import ctc_transcribe, evaluate_split, speech_frames, teacher_forced, transcribe
-from harness.features import FeatureCache
-from harness.memory import keep_freed_memory
-from harness.metrics import word_errors
+from harness.run.emergence import find_emergence, plot_curve
+from harness.run.decode import ctc_transcribe, evaluate_split, speech_frames, teacher_forced, transcribe
+from harness.run.features import FeatureCache
+from harness.run.memory import keep_freed_memory
+from harness.run.metrics import word_errors
 from harness.models import SpeechLLM, build_model
-from harness.distributed import local_device
-from harness.tracking import LocalTracker, Tracker
+from harness.run.distributed import local_device
+from harness.tracking.trackers import LocalTracker, Tracker
 
 log = logging.getLogger("harness.train")
 
@@ -285,7 +285,7 @@ class Trainer:
     def _setup_optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         # One fused kernel per step instead of a dozen passes over the parameters (1.8 ms vs 6.6 ms on
-        # 2 CPU cores for the linear projector's 5.1M parameters: `python -m harness.bench_levers`).
+        # 2 CPU cores for the linear projector's 5.1M parameters: `python -m harness.bench.levers`).
         fused = self.device.type in ("cpu", "cuda")
         return torch.optim.AdamW(params, lr=self.cfg.train.lr, weight_decay=self.cfg.train.weight_decay, fused=fused)
 
@@ -511,7 +511,7 @@ class Trainer:
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "python_rng": random.getstate(),
                 "state": asdict(self.state),
-                "pending_metrics": self.tracker.pending(),  # see harness.tracking: nothing lost, nothing twice
+                "pending_metrics": self.tracker.pending(),  # see harness.tracking.trackers: nothing lost, nothing twice
             },
             tmp / "state.pt",
         )

@@ -1,0 +1,231 @@
+"""Run a study's cells as MLflow runs nested under one parent run.
+
+The MLflow store is the source of truth: a cell whose run (found by its ``harness.cell_hash``
+tag) is FINISHED is skipped, a FAILED one is retried only when asked, and an interrupted one is
+resumed from its checkpoint into the same MLflow run. A cell that raises is marked FAILED with
+its traceback as an artifact and the grid goes on.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from harness.experiments.study import Cell, Study
+from harness.tracking import tags
+from harness.tracking.liveness import CLAIM_TIMEOUT, HEARTBEAT_EVERY, claim_cell, find_parent_runs, parent_run, run_heartbeat
+from harness.tracking.store import environment_tags, experiment_id, make_client, record_failure, with_retries
+
+log = logging.getLogger("harness.study")
+
+
+def find_cell_runs(client, experiment_id: str, study: str, cells: Sequence[Cell] = ()) -> dict[str, Any]:
+    """cell hash -> latest MLflow run of that cell in this study.
+
+    A run tagged with the legacy identity of one of ``cells`` (written before identity version 2)
+    is listed under that cell's current hash, unless the cell has a run under its current hash."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{tags.STUDY}` = '{study}' and tags.`{tags.KIND}` = 'cell'",
+        max_results=50000,
+        order_by=["attributes.start_time ASC"],
+    )
+    found = {r.data.tags[tags.CELL_HASH]: r for r in runs}
+    for cell in cells:
+        if cell.hash not in found and cell.legacy_hash in found:
+            found[cell.hash] = found.pop(cell.legacy_hash)
+    return found
+
+
+def cell_status(run: Any | None, *, claim_timeout: float = CLAIM_TIMEOUT) -> str:
+    """new | done | failed | running | interrupted."""
+    if run is None:
+        return "new"
+    status = run.info.status
+    if status == "FINISHED":
+        return "done"
+    if status == "FAILED":
+        return "failed"
+    if status == "RUNNING":
+        beat = float(run.data.tags.get(tags.HEARTBEAT, 0))
+        return "running" if time.time() - beat < claim_timeout else "interrupted"
+    return "interrupted"  # KILLED / SCHEDULED
+
+
+@dataclass
+class CellOutcome:
+    cell: Cell
+    status: str  # done | failed | skipped-done | skipped-failed | killed
+    run_id: str | None
+    metrics: dict[str, float]
+    error: str = ""
+
+
+def _parent_tags(study: Study) -> dict[str, str]:
+    return {tags.KIND: "study", tags.STUDY: study.name}
+
+
+def run_study(
+    study: Study,
+    *,
+    uri: str | None = None,
+    runs_root: str | Path = "runs",
+    retry_failed: bool = False,
+    progress: bool = True,
+    claim_timeout: float = CLAIM_TIMEOUT,
+) -> list[CellOutcome]:
+    """Run every cell that is not done; returns one outcome per cell, in grid order.
+
+    Any number of workers may run the same study against one tracking store at once: each cell
+    is claimed atomically (:func:`~harness.tracking.liveness.claim_cell`), so no cell trains twice,
+    and a cell whose worker died (no heartbeat for ``claim_timeout`` seconds) is resumed by the next
+    worker to reach it.
+    """
+    if not (math.isfinite(claim_timeout) and claim_timeout > 0):
+        raise ValueError(f"claim_timeout: expected a finite number of seconds > 0, got {claim_timeout}")
+    client = make_client(uri)
+    exp_id = experiment_id(client, study.experiment)
+    parent, _ = parent_run(client, exp_id, _parent_tags(study), run_name=f"study:{study.name}",
+                           on_create=lambda run_id: client.log_text(run_id, study.path.read_text(), "study.yaml"))
+    env = environment_tags()
+    outcomes: list[CellOutcome] = []
+    try:
+        for i, cell in enumerate(study.cells, 1):
+            label = f"[{i}/{len(study.cells)}] {cell.name} ({cell.hash[:12]})"
+            outcome = _run_cell(client, exp_id, parent, study, cell, env, label=label, runs_root=runs_root,
+                                retry_failed=retry_failed, progress=progress, claim_timeout=claim_timeout)
+            outcomes.append(outcome)
+    except KeyboardInterrupt:
+        try:
+            client.set_terminated(parent, "KILLED")
+        except Exception:  # noqa: BLE001 - the interrupt is what the user must see, not a store error
+            pass
+        raise
+    _close_parent(client, exp_id, study, claim_timeout=claim_timeout)
+    return outcomes
+
+
+def _close_parent(client, exp_id: str, study: Study, *, claim_timeout: float) -> None:
+    """Mark the parent run FINISHED / FAILED once no cell is left to run, whichever worker sees it.
+
+    Read from the store, not from this worker's outcomes: a cell another worker was running when
+    this one passed it may have finished since (the last worker to finish closes the parent).
+    """
+    runs = find_cell_runs(client, exp_id, study.name, study.cells)
+    states = [cell_status(runs.get(c.hash), claim_timeout=claim_timeout) for c in study.cells]
+    if any(s not in ("done", "failed") for s in states):
+        return  # other workers are still on it (or a cell is free again): the parent stays RUNNING
+    for run in find_parent_runs(client, exp_id, _parent_tags(study)):  # the store says which parent survived
+        with_retries(client.set_terminated, run.info.run_id, "FAILED" if "failed" in states else "FINISHED")
+
+
+def _cell_run(client, exp_id: str, study: Study, cell: Cell) -> Any | None:
+    """The cell's latest run; one an older version tagged with the cell's legacy identity is adopted
+    (re-tagged with the current one, the old kept as ``harness.cell_hash_v1``)."""
+    run = find_cell_runs(client, exp_id, study.name, [cell]).get(cell.hash)
+    if run is not None and run.data.tags.get(tags.CELL_HASH) != cell.hash:
+        with_retries(client.set_tag, run.info.run_id, tags.CELL_HASH_V1, run.data.tags[tags.CELL_HASH])
+        with_retries(client.set_tag, run.info.run_id, tags.CELL_HASH, cell.hash)
+        log.info("%s: adopted run %s of an older version (identity %s)", cell.name, run.info.run_id, cell.legacy_hash[:12])
+        run = client.get_run(run.info.run_id)
+    return run
+
+
+def _skip(existing: Any | None, cell: Cell, label: str, *, retry_failed: bool, claim_timeout: float) -> CellOutcome | None:
+    """The outcome of a cell this worker does not run (done, failed before, running elsewhere), else None."""
+    status = cell_status(existing, claim_timeout=claim_timeout)
+    if status == "done":
+        log.info("%s: done, skipped", label)
+        return CellOutcome(cell, "skipped-done", existing.info.run_id, existing.data.metrics)
+    if status == "failed" and not retry_failed:
+        log.info("%s: failed before, skipped (use --retry-failed)", label)
+        return CellOutcome(cell, "skipped-failed", existing.info.run_id, existing.data.metrics,
+                           existing.data.tags.get(tags.ERROR, ""))
+    if status == "running":
+        log.info("%s: running in another worker, skipped", label)
+        return CellOutcome(cell, "skipped-running", existing.info.run_id, {})
+    return None
+
+
+def _take_cell(client, exp_id: str, parent: str, study: Study, cell: Cell, env: dict[str, str], existing: Any | None,
+               *, label: str, claim_timeout: float) -> str | None:
+    """Claim the cell and open (or reopen) its run, beating once; None when another worker has it."""
+    from harness.run.trainer import resolve_device
+
+    generation = "new" if existing is None else f"{existing.info.run_id}:{existing.data.tags.get(tags.HEARTBEAT, '')}"
+    claim = claim_cell(client, exp_id, study.name, cell.hash, generation, claim_timeout=claim_timeout)
+    if claim is None:
+        log.info("%s: claimed by another worker, skipped", label)
+        return None
+    try:
+        # Re-read after winning: a worker that finished this cell just before our claim shows up here.
+        now = _cell_run(client, exp_id, study, cell)
+        if (now.info.run_id if now else None) != (existing.info.run_id if existing else None) or (
+            now is not None and cell_status(now, claim_timeout=claim_timeout) in ("done", "running")
+        ):
+            log.info("%s: taken by another worker meanwhile, skipped", label)
+            return None
+        log.info("%s: %s", label, "resuming" if existing else "starting")
+        if existing:
+            run_id = existing.info.run_id
+            with_retries(client.update_run, run_id, status="RUNNING")
+        else:
+            run_tags = {
+                tags.PARENT: parent, tags.KIND: "cell", tags.STUDY: study.name, tags.CELL_HASH: cell.hash,
+                **env, tags.DEVICE: str(resolve_device(cell.config.train.device)),
+                **{f"axis.{k}": str(v) for k, v in cell.values.items()},  # every axis of the study
+            }
+            run_id = with_retries(client.create_run, exp_id, run_name=cell.name, tags=run_tags).info.run_id
+        with_retries(client.set_tag, run_id, tags.HEARTBEAT, str(time.time()))
+        return run_id
+    finally:
+        with_retries(client.delete_run, claim)  # the cell run (with its heartbeat) now guards the cell
+
+
+def _run_cell(client, exp_id: str, parent: str, study: Study, cell: Cell, env: dict[str, str], *, label: str,
+              runs_root: str | Path, retry_failed: bool, progress: bool, claim_timeout: float) -> CellOutcome:
+    from harness.run.trainer import default_run_dir, run_training
+    from harness.tracking.trackers import MlflowTracker
+
+    existing = _cell_run(client, exp_id, study, cell)
+    skipped = _skip(existing, cell, label, retry_failed=retry_failed, claim_timeout=claim_timeout)
+    if skipped is not None:
+        return skipped
+    run_id = _take_cell(client, exp_id, parent, study, cell, env, existing, label=label, claim_timeout=claim_timeout)
+    if run_id is None:
+        return CellOutcome(cell, "skipped-running", None, {})
+    out_dir = default_run_dir(cell.config, Path(runs_root) / study.name)
+    tracker = MlflowTracker(client, run_id)
+    try:
+        # Beat several times per claim_timeout, so a short timeout never mistakes a live worker for a dead one.
+        with run_heartbeat(client, run_id, every=min(HEARTBEAT_EVERY, claim_timeout / 3)):
+            result = run_training(cell.config, out_dir, tracker=tracker, progress=progress)
+    except KeyboardInterrupt:
+        client.set_terminated(run_id, "KILLED")
+        raise
+    except Exception as e:  # noqa: BLE001 - isolate the failure to this cell
+        log.error("%s failed: %s", label, e)
+        tb = traceback.format_exc()
+        try:
+            tracker.flush()
+        except Exception:  # noqa: BLE001
+            pass
+        record_failure(client, run_id, e, tb)
+        return CellOutcome(cell, "failed", run_id, {}, f"{type(e).__name__}: {e}")
+    with_retries(client.set_terminated, run_id, "FINISHED")
+    return CellOutcome(cell, "done", run_id, result.metrics)
+
+
+def study_table(study: Study, *, uri: str | None = None) -> list[dict[str, str]]:
+    """Rows for ``--dry-run``: every cell with its hash, status and run name."""
+    client = make_client(uri)
+    exp = client.get_experiment_by_name(study.experiment)
+    runs = find_cell_runs(client, exp.experiment_id, study.name, study.cells) if exp else {}
+    return [
+        {"#": str(i), "hash": c.hash[:12], "status": cell_status(runs.get(c.hash)), "run": c.name}
+        for i, c in enumerate(study.cells, 1)
+    ]
