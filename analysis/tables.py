@@ -271,7 +271,7 @@ def model_width(reference: str, *, kind: str) -> int | None:
     if (known := paper.hidden_size(reference)) is not None:
         return known
     try:
-        from harness.models.loading import TINY_ENCODERS, TINY_LLMS, Reference
+        from harness.models.sources import TINY_ENCODERS, TINY_LLMS, Reference
 
         ref = Reference.parse(reference)
         if ref.scheme == "tiny":

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from harness.config import AdapterConfig
-from harness.models.adapters import PROJECTORS, Downsampler, LinearProjector
+from harness.models.projectors import PROJECTORS, Downsampler, LinearProjector
 
 KS = list(range(1, 11))
 TAILS = ["drop", "pad"]

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from conftest import tiny_config
 from harness.models import build_model
-from harness.models.packed import available, use_packed_linears
+from harness.models.fast.packed import available, use_packed_linears
 from test_performance_options import _assert_same, _loss_and_grads, batch  # noqa: F401  (batch is a fixture)
 
 pytestmark = pytest.mark.skipif(not available(), reason="this PyTorch build has no oneDNN packed linear")

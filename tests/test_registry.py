@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.models.adapters import PROJECTORS, LinearProjector
+from harness.models.projectors import PROJECTORS, LinearProjector
 from harness.models.encoders import ENCODERS
 from harness.registry import Registry, RegistryError
 

@@ -7,7 +7,7 @@ import torch
 from conftest import audio, tiny_config
 from harness.config import LLMConfig
 from harness.models import IGNORE, Prompt, build_model
-from harness.models.loading import load_llm, tiny_tokenizer
+from harness.models.sources import load_llm, tiny_tokenizer
 from harness.models.speech_llm import _cache_kwarg
 
 # transformers' WavLM attention passes a bool padding mask with a float position bias to torch.

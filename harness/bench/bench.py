@@ -69,7 +69,7 @@ class BenchSetup:
 def matmul_rate(device: torch.device, *, n: int = 2048, seconds: float = 1.0) -> dict[str, Any]:
     """Best dense-matmul FLOP/s of this process on ``device``: bf16 on CUDA; fp32 on CPU, the faster of
     torch's matmul and oneDNN's with a packed weight (the kernel our frozen layers use, see
-    :mod:`harness.models.packed`), so the ceiling is the machine's, not one library's."""
+    :mod:`harness.models.fast.packed`), so the ceiling is the machine's, not one library's."""
     from harness.models import packed
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

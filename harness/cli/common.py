@@ -53,7 +53,7 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from harness.data.audio import AudioError
     from harness.data.librispeech import LibriSpeechError
     from harness.data.manifest import ManifestError
-    from harness.models.loading import ModelLoadError
+    from harness.models.sources import ModelLoadError
     from harness.registry import RegistryError
 
     return (ConfigError, ModelLoadError, RegistryError, ManifestError, AudioError, LibriSpeechError,

@@ -352,7 +352,7 @@ def _cell_where(where: SourceMap, choice: Choice) -> SourceMap:
 
 def check_references(cfg: RunConfig, where: SourceMap) -> None:
     from harness.models import PROJECTORS, check_reference
-    from harness.models.loading import ModelLoadError
+    from harness.models.sources import ModelLoadError
     from harness.registry import RegistryError
 
     checks = [

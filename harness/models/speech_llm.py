@@ -29,11 +29,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.config import LLMConfig
-from harness.models.adapters import Projector
+from harness.models.projectors import Projector
 from harness.models.ctc import CTCHead
 from harness.models.encoders import SpeechEncoder
-from harness.models.kv_cache import preallocated_cache
-from harness.models.packed import use_packed_linears
+from harness.models.fast.kv_cache import preallocated_cache
+from harness.models.fast.packed import use_packed_linears
 
 IGNORE = -100
 SPEECH_MARK = "<|speech|>"
@@ -406,7 +406,7 @@ class SpeechLLM(nn.Module):
 
     def use_packed_weights(self, enabled: bool = True) -> None:
         """On the CPU, run the frozen LLM's linear layers through oneDNN with weights packed once
-        (:mod:`harness.models.packed`); ``enabled=False`` goes back to plain ``F.linear``."""
+        (:mod:`harness.models.fast.packed`); ``enabled=False`` goes back to plain ``F.linear``."""
         use_packed_linears(self.llm, enabled)
 
     @property

@@ -116,7 +116,7 @@ def build_model(shape: Shape, device: torch.device | str = "cpu", *, seed: int =
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     from harness.config import AdapterConfig, LLMConfig
-    from harness.models.adapters import LinearProjector
+    from harness.models.projectors import LinearProjector
     from harness.models.encoders import WhisperSpeechEncoder
     from harness.models.speech_llm import Prompt, SpeechLLM
 
