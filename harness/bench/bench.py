@@ -296,7 +296,7 @@ def _part_decode(setup: BenchSetup) -> dict[str, Any]:
     from harness.run.decode import transcribe
     from harness.run.features import FeatureCache
     from harness.models import build_model
-    from harness.packs import cache_dir
+    from harness.cache import cache_dir
     from harness.run.trainer import resolve_device
 
     cfg = _config(setup, "ours")

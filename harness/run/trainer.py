@@ -272,7 +272,7 @@ class Trainer:
         """The frozen encoder's frames for every split, computed once (shared by all runs)."""
         if self.cfg.encoder.trainable or not self.cfg.encoder.cache:
             return None
-        from harness.packs import cache_dir
+        from harness.cache import cache_dir
 
         cache = FeatureCache(self.model.encoder, reference=self.cfg.encoder.name,
                              input_mode=self.cfg.encoder.input_mode, root=cache_dir())
