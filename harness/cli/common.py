@@ -260,3 +260,9 @@ def script_main(main: Callable[[], None]) -> None:
         raise SystemExit(e.exit_code) from None
     except click.exceptions.Exit as e:
         raise SystemExit(e.exit_code) from None
+
+
+tracking_option = click.option(
+    "--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."
+)
+"""The ``--tracking-uri`` option every command that reads or writes the MLflow store takes."""

@@ -1,11 +1,11 @@
-"""``harness search`` and ``harness dashboard``: Optuna searches from a study file's ``search:`` section.
+"""``harness study search`` and ``harness study dashboard``: Optuna searches from a study file's ``search:`` section.
 
-    harness search STUDY.yaml [--n-trials N] [--storage URL] [--study-name NAME] [--workers N]
-                              [--tracking-uri URI] [--runs-root DIR] [--timeout SECONDS]
-    harness dashboard STUDY.yaml [--storage URL] [--port 8080] [--host 127.0.0.1]
+    harness study search STUDY.yaml [--n-trials N] [--storage URL] [--study-name NAME] [--workers N]
+                                    [--tracking-uri URI] [--runs-root DIR] [--timeout SECONDS]
+    harness study dashboard STUDY.yaml [--storage URL] [--port 8080] [--host 127.0.0.1]
 
-Registered in :mod:`harness.cli` with ``main.add_command(search_command)`` and
-``main.add_command(dashboard_command)``.
+Registered in :mod:`harness.cli.main` as ``harness study search`` and ``harness study dashboard``
+(and under their old top-level names).
 """
 from __future__ import annotations
 

@@ -1,0 +1,117 @@
+"""``harness study run | report | search | dashboard``, and ``harness quickstart`` (the main job)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from harness.cli.common import POSITIVE_INT, FiniteFloatRange, tracking_option
+from harness.cli.data import SYNTH_CORPORA, make_corpus
+
+
+@click.group()
+def study() -> None:
+    """Ablation grids from YAML, tracked in MLflow."""
+
+
+def _print_rows(rows: list[dict[str, str]]) -> None:
+    if not rows:
+        click.echo("(no cells)")
+        return
+    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in rows[0]}
+    click.echo("  ".join(k.ljust(w) for k, w in widths.items()))
+    for r in rows:
+        click.echo("  ".join(str(r[k]).ljust(w) for k, w in widths.items()))
+
+
+def _fmt_emergence(metrics: dict[str, float]) -> str:
+    if "emergence_step" in metrics:
+        return f"step {int(metrics['emergence_step'])}"
+    return "no" if metrics.get("emerged") == 0 else "-"
+
+
+@study.command("run")
+@click.argument("study_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--dry-run", is_flag=True, help="Print the cells (hash, status, name) and run nothing.")
+@click.option("--retry-failed", is_flag=True, help="Run cells that failed before again.")
+@click.option("--claim-timeout", default=300.0, show_default=True, type=FiniteFloatRange(min=1.0),
+              help="Seconds (>= 1) without a heartbeat after which another worker's RUNNING cell counts as abandoned.")
+@click.option("--runs-root", default="runs", show_default=True, help="Folder for checkpoints and local outputs.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@tracking_option
+def study_run(study_file, overrides, dry_run, retry_failed, claim_timeout, runs_root, no_progress, tracking_uri) -> None:
+    """Run every cell of STUDY_FILE that is not done yet (a.b=v OVERRIDES apply to its base)."""
+    from harness.experiments.grid import run_study, study_table
+    from harness.experiments.study import load_study
+
+    st = load_study(study_file, overrides)
+    if dry_run:
+        click.echo(f"study {st.name}: {len(st.cells)} cells")
+        _print_rows(study_table(st, uri=tracking_uri))
+        return
+    outcomes = run_study(st, uri=tracking_uri, runs_root=runs_root, retry_failed=retry_failed, progress=not no_progress,
+                         claim_timeout=claim_timeout)
+    rows = []
+    for o in outcomes:
+        wers = {k.split("/")[1]: v for k, v in o.metrics.items() if k.startswith("test/") and k.endswith("/wer")}
+        rows.append({
+            "hash": o.cell.hash[:12], "status": o.status, "run": o.cell.name,
+            "emergence": _fmt_emergence(o.metrics),
+            "WER": " ".join(f"{k}={100 * v:.1f}%" for k, v in wers.items()) or o.error[:80],
+        })
+    click.echo("")
+    _print_rows(rows)
+    if any(o.status in ("failed", "skipped-failed") for o in outcomes):
+        raise SystemExit(1)
+
+
+@click.command()
+@click.argument("study_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Folder (default: reports/<study name>).")
+@tracking_option
+def report(study_file: str, out: str | None, tracking_uri: str | None) -> None:
+    """Write the study's HTML report (figures, tables with CIs, paper numbers) and log it to MLflow."""
+    from analysis.report import write_report
+
+    path = write_report(study_file, out_dir=out, tracking_uri=tracking_uri)
+    click.echo(f"report: {path}")
+
+
+def _manifests(cfg) -> list[str]:
+    d = cfg.data
+    return [d.train, d.dev, *d.test.values(), *d.optional_test.values()]
+
+
+@click.command()
+@click.option("--study", "study_file", default="studies/quickstart.yaml", show_default=True,
+              type=click.Path(exists=True, dir_okay=False))
+@click.option("--librispeech", default="../shared/data/librispeech-mini", show_default=True,
+              help="LibriSpeech tree for the real-speech test split (skipped when absent).")
+@click.option("--text", "texts", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Sentence source(s) for the synthetic corpus (default: the installed book text).")
+@click.option("--n-train", type=POSITIVE_INT, default=None, help="Training utterances of a corpus it makes (default: the corpus's own, 800; 6,000 for data/synth-en).")
+@click.option("--n-eval", type=POSITIVE_INT, default=None, help="Utterances in each of dev/test/test_unseen (default: 60).")
+@tracking_option
+@click.pass_context
+def quickstart(ctx, study_file, librispeech, texts, n_train, n_eval, tracking_uri) -> None:
+    """The main job: synthesize the corpora the study uses, index real LibriSpeech, run the study."""
+    from harness.experiments.study import load_study
+
+    study = load_study(study_file)
+    used = {Path(p).parent.as_posix() for c in study.cells for p in _manifests(c.config)}
+    for folder in SYNTH_CORPORA:
+        if folder in used and not Path(folder, "train.jsonl").exists():
+            make_corpus(ctx, folder, n_train=n_train, n_eval=n_eval, texts=texts)
+    if Path(librispeech).is_dir():
+        from harness.data.librispeech import librispeech_splits, read_librispeech
+        from harness.data.manifest import write_manifest
+
+        utts = [u for s in librispeech_splits(librispeech) for u in read_librispeech(librispeech, s)]
+        write_manifest(Path("data/librispeech/all.jsonl"), utts)
+        click.echo(f"librispeech: {len(utts)} real utterances -> data/librispeech/all.jsonl")
+    else:
+        click.echo(f"{librispeech} not found: no real-speech test split")
+    # Packs are converted on first use (once; cached under ~/.cache/slam-harness).
+    ctx.invoke(study_run, study_file=study_file, overrides=(), dry_run=False, retry_failed=False, claim_timeout=300.0,
+               runs_root="runs", no_progress=False, tracking_uri=tracking_uri)
