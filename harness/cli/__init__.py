@@ -1,4 +1,4 @@
 """The ``harness`` command line: one module per command group, one error handler for all of them."""
-from harness.cli.main import main
+from harness.cli.app import main
 
 __all__ = ["main"]

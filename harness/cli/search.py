@@ -4,7 +4,7 @@
                                     [--tracking-uri URI] [--runs-root DIR] [--timeout SECONDS]
     harness study dashboard STUDY.yaml [--storage URL] [--port 8080] [--host 127.0.0.1]
 
-Registered in :mod:`harness.cli.main` as ``harness study search`` and ``harness study dashboard``
+Registered in :mod:`harness.cli.app` as ``harness study search`` and ``harness study dashboard``
 (and under their old top-level names).
 """
 from __future__ import annotations
