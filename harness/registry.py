@@ -65,6 +65,9 @@ class Registry(Generic[T]):
         except KeyError:
             raise RegistryError(self.unknown_message(name)) from None
 
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
     def unknown_message(self, name: str) -> str:
         valid = ", ".join(sorted(self._items)) or "(none registered)"
         close = difflib.get_close_matches(name, list(self._items), n=1, cutoff=0.5)

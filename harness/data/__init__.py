@@ -4,7 +4,7 @@ from .audio import SAMPLE_RATE, AudioError, audio_duration, load_audio, save_aud
 from .batching import batches_by_count, batches_by_duration
 from .librispeech import LibriSpeechError, librispeech_splits, read_librispeech
 from .manifest import ManifestError, Utterance, check_audio_files, read_manifest, write_manifest
-from .synth import (
+from harness.data.synth import (
     VOICES,
     SynthesisError,
     default_text_source,
