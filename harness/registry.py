@@ -20,6 +20,13 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+def did_you_mean(name: object, choices, *, cutoff: float = 0.6) -> str:
+    """`` (did you mean 'x'?)`` naming the choice closest to ``name``, or ``''``: the one hint every
+    "unknown name" error of the harness gives (config keys, study and search keys, registries)."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=cutoff)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 class RegistryError(KeyError):
     """An unknown or duplicate name in a registry."""
 
@@ -70,8 +77,7 @@ class Registry(Generic[T]):
 
     def unknown_message(self, name: str) -> str:
         valid = ", ".join(sorted(self._items)) or "(none registered)"
-        close = difflib.get_close_matches(name, list(self._items), n=1, cutoff=0.5)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(name, self._items, cutoff=0.5)
         return f"unknown {self.kind} {name!r}{hint}. Valid {self.kind} names: {valid}"
 
     @contextlib.contextmanager

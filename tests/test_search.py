@@ -120,7 +120,7 @@ def line_of(path: Path, snippet: str) -> int:
         ("objective: test/wer\nparams: {train.lr: {type: float, low: 1.0e-4, high: 1.0e-2}}\n",
          "objective", "METRIC one of dev/wer, dev/loss, dev/acc, got 'test/wer'"),
         ("sampler: cmaes\nparams: {train.lr: {type: float, low: 1.0e-4, high: 1.0e-2}}\n",
-         "sampler", "expected one of tpe, random, grid"),
+         "sampler", "expected one of grid, random, tpe"),
         ("pruner: {type: median, warmup: 3}\nparams: {train.lr: {type: float, low: 1.0e-4, high: 1.0e-2}}\n",
          "pruner", "unknown key search.pruner.warmup (did you mean 'n_warmup_steps'?)"),
         ("pruner:\n  type: hyperband\n  reduction_factor: many\nparams: {train.lr: {type: float, low: 1.0e-4, high: 1.0e-2}}\n",

@@ -7,7 +7,6 @@ setting); an unknown key names the closest valid one.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import json
 import math
@@ -19,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from harness.config.errors import ConfigError, show
+from harness.registry import did_you_mean
 from harness.config.keys import set_path
 from harness.config.run import FrozenDict, RunConfig, validate
 from harness.config.yamlfile import SourceMap, parse_override, read_yaml
@@ -129,8 +129,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _unknown_key(path: str, names: list[str], section: str, at: str) -> ConfigError:
-    close = difflib.get_close_matches(path.rsplit(".", 1)[-1], names, n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(path.rsplit(".", 1)[-1], names)
     return ConfigError(f"{at}unknown key {path!r}{hint}. Valid keys of {section}: {', '.join(names)}")
 
 

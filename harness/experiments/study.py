@@ -25,7 +25,6 @@ digits and ``_ . + -``: it becomes a folder and a quoted MLflow filter value.
 """
 from __future__ import annotations
 
-import difflib
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from harness.config import (
     setting_type,
     show,
 )
+from harness.registry import did_you_mean
 
 _STUDY_KEYS = ("name", "description", "base", "axes", "zip", "include", "exclude", "tracking", "search")
 _TRACKING_KEYS = ("experiment",)
@@ -151,8 +151,7 @@ def _entries(raw: dict, key: str, where: SourceMap) -> list[dict]:
 def _unknown(mapping: dict, valid: tuple[str, ...], what: str, where: SourceMap, prefix: str = "") -> None:
     for key in mapping:
         if key not in valid:
-            close = difflib.get_close_matches(str(key), valid, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(key, valid)
             raise ConfigError(
                 f"{where(prefix + str(key))}unknown {what} key {key!r}{hint}. Valid keys: {', '.join(valid)}")
 
@@ -250,8 +249,7 @@ def _exclude_entry(entry: dict, at: str, where: SourceMap, keys: list[str]) -> d
     wanted = {}
     for key, value in entry.items():
         if key not in keys:
-            close = difflib.get_close_matches(str(key), keys, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(key, keys)
             raise ConfigError(f"{where(f'{at}.{key}')}{at}: {key!r} is not an axis or zip key of this study{hint}. "
                               f"Axis keys: {', '.join(keys) or '(none)'}")
         wanted[key] = coerce_setting(key, value, where(f"{at}.{key}"))

@@ -27,6 +27,8 @@ from functools import lru_cache
 
 import jiwer
 
+from harness.registry import Registry
+
 # Scripts that do not separate words with spaces: each character is a token.
 _UNSPACED = re.compile(
     "([\u0e00-\u0eff\u0f00-\u0fff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u31f0-\u31ff"
@@ -89,7 +91,9 @@ def normalize_whisper(text: str) -> str:
     return _whisper_normalizer()(text).strip()
 
 
-NORMALISERS: dict[str, Callable[[str], str]] = {"librispeech": normalize_librispeech, "whisper": normalize_whisper}
+NORMALISERS: Registry[Callable[[str], str]] = Registry("normaliser")
+NORMALISERS.add("librispeech", normalize_librispeech)
+NORMALISERS.add("whisper", normalize_whisper)
 
 
 def _normalise_pair(ref: str, hyp: str, normaliser: str) -> tuple[str, str]:
@@ -135,7 +139,7 @@ def word_errors(refs: Sequence[str], hyps: Sequence[str], *, normaliser: str = "
     if len(refs) != len(hyps):
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
     if normaliser not in NORMALISERS:
-        raise ValueError(f"unknown normaliser {normaliser!r}; valid: {', '.join(NORMALISERS)}")
+        raise ValueError(NORMALISERS.unknown_message(normaliser))
     S = D = I = H = N = 0
     per_utt: list[UtteranceScore] = []
     for ref, hyp in zip(refs, hyps):

@@ -231,7 +231,7 @@ def missing_voices(voices: Iterable[str]) -> dict[str, str]:
     out = {}
     for v in voices:
         if v not in VOICES:
-            out[v] = f"unknown voice; registered: {', '.join(sorted(VOICES))}"
+            out[v] = VOICES.unknown_message(v)
         elif (reason := VOICES[v].missing()) is not None:
             out[v] = reason
     return out

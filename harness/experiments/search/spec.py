@@ -18,6 +18,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from harness.config import ConfigError, RunConfig, SourceMap, build_config, coerce_value, read_yaml, set_path
 from harness.experiments.study import Study, check_references
 from harness.experiments.search.pruner import EmergenceAwarePruner
+from harness.registry import Registry, did_you_mean
 
 log = logging.getLogger("harness.search")
 
@@ -36,19 +37,15 @@ _PARAM_KEYS = {
 }
 
 
-_SAMPLERS: dict[str, Callable[[], type]] = {
-    "tpe": lambda: optuna.samplers.TPESampler,
-    "random": lambda: optuna.samplers.RandomSampler,
-    "grid": lambda: optuna.samplers.GridSampler,
-}
-
-
-_PRUNERS: dict[str, Callable[[], type]] = {
-    "median": lambda: optuna.pruners.MedianPruner,
-    "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner,
-    "hyperband": lambda: optuna.pruners.HyperbandPruner,
-    "none": lambda: optuna.pruners.NopPruner,
-}
+_SAMPLERS: Registry[Callable[[], type]] = Registry("sampler")  # name -> the class (imported when used)
+_SAMPLERS.add("tpe", lambda: optuna.samplers.TPESampler)
+_SAMPLERS.add("random", lambda: optuna.samplers.RandomSampler)
+_SAMPLERS.add("grid", lambda: optuna.samplers.GridSampler)
+_PRUNERS: Registry[Callable[[], type]] = Registry("pruner")
+_PRUNERS.add("median", lambda: optuna.pruners.MedianPruner)
+_PRUNERS.add("successive_halving", lambda: optuna.pruners.SuccessiveHalvingPruner)
+_PRUNERS.add("hyperband", lambda: optuna.pruners.HyperbandPruner)
+_PRUNERS.add("none", lambda: optuna.pruners.NopPruner)
 
 
 @dataclass(frozen=True)
@@ -225,12 +222,9 @@ def load_search(study: Study) -> SearchSpec:
 
 
 def _unknown(mapping: Mapping, valid: tuple[str, ...], what: str, where: SourceMap) -> None:
-    import difflib
-
     for key in mapping:
         if key not in valid:
-            close = difflib.get_close_matches(str(key), valid, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(key, valid)
             raise ConfigError(f"{where(f'{what}.{key}')}unknown key {what}.{key}{hint}. Valid keys: {', '.join(valid)}")
 
 
@@ -296,7 +290,7 @@ def _load_params(raw: Any, study: Study, where: SourceMap) -> dict[str, BaseDist
 
 
 def _load_choice(
-    raw: Any, what: str, registry: Mapping[str, Callable[[], type]], where: SourceMap, *, skip: tuple[str, ...]
+    raw: Any, what: str, registry: Registry[Callable[[], type]], where: SourceMap, *, skip: tuple[str, ...]
 ) -> tuple[str, dict[str, Any]]:
     """``tpe`` or ``{type: tpe, option: value}``; options are checked against the class's signature."""
     at = f"search.{what}"
