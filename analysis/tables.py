@@ -429,14 +429,7 @@ def pivot(
     keys = [rows] + ([cols] if cols else [])
     live = runs[runs["status"].isin(["FINISHED", "FAILED"])] if "status" in runs.columns else runs
     groups = live.groupby([live[k].map(_hashable) for k in keys], sort=False, dropna=False)
-    ambiguous = [g for g, df in groups if len(df) > 1]
-    if ambiguous:
-        varying = [a for a in runs.attrs.get("axes", []) if a not in keys and a in live.columns
-                   and live[a].map(_hashable).nunique(dropna=False) > 1]
-        raise ValueError(
-            f"pivot({rows!r}, {cols!r}) is ambiguous: several runs share a cell (other varying fields: "
-            f"{varying or 'unknown'}); select one value first, e.g. runs[runs[{(varying or ['...'])[0]!r}] == ...]"
-        )
+    _check_unambiguous(runs, live, groups, rows, cols)
 
     row_vals = list(dict.fromkeys(live[rows].map(_hashable)))
     col_vals = list(dict.fromkeys(live[cols].map(_hashable))) if cols else [None]
@@ -445,13 +438,8 @@ def pivot(
     cell = {tuple(g if isinstance(g, tuple) else (g,)): df.iloc[0].to_dict() for g, df in groups}
 
     display_rows, data_rows = [], []
-    col_labels = [axis_label(cols, firstc[c]) if cols else ("WER (%)" if value == "wer" else value) for c in col_vals]
-    row_labels = [axis_label(rows, first[r]) for r in row_vals]
-    # Two references with one short name (hf:openai/whisper-base, pack:whisper-base) keep their full names.
-    if len(set(col_labels)) < len(col_labels):
-        col_labels = [str(firstc[c]) for c in col_vals]
-    if len(set(row_labels)) < len(row_labels):
-        row_labels = [str(first[r]) for r in row_vals]
+    col_labels = _labels(cols, [firstc[c] for c in col_vals]) if cols else ["WER (%)" if value == "wer" else value]
+    row_labels = _labels(rows, [first[r] for r in row_vals])
     paper_cols = {c for c in col_vals for r in row_vals
                   if with_paper and value == "wer" and (run := cell.get((r, c) if cols else (r,)))
                   and _paper_cell(run, splits)}
@@ -484,6 +472,26 @@ def pivot(
         name or f"pivot_{_slug(rows)}" + (f"_x_{_slug(cols)}" if cols else ""),
         title or f"{what.split(' [')[0]} by {rows}" + (f" × {cols}" if cols else ""),
         caption, display, pd.DataFrame(data_rows),
+    )
+
+
+def _labels(key: str, values: list) -> list[str]:
+    """Short labels of one axis's values; two references with one short name (hf:openai/whisper-base,
+    pack:whisper-base) keep their full names."""
+    labels = [axis_label(key, v) for v in values]
+    return labels if len(set(labels)) == len(labels) else [str(v) for v in values]
+
+
+def _check_unambiguous(runs: pd.DataFrame, live: pd.DataFrame, groups, rows: str, cols: str | None) -> None:
+    """A pivot cell holds one run: when several share one, name the field that tells them apart."""
+    if not any(len(df) > 1 for _, df in groups):
+        return
+    keys = [rows] + ([cols] if cols else [])
+    varying = [a for a in runs.attrs.get("axes", []) if a not in keys and a in live.columns
+               and live[a].map(_hashable).nunique(dropna=False) > 1]
+    raise ValueError(
+        f"pivot({rows!r}, {cols!r}) is ambiguous: several runs share a cell (other varying fields: "
+        f"{varying or 'unknown'}); select one value first, e.g. runs[runs[{(varying or ['...'])[0]!r}] == ...]"
     )
 
 

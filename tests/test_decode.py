@@ -11,7 +11,7 @@ from conftest import audio, tiny_config
 from harness.config import DecodeConfig
 from harness.data.manifest import Utterance
 from harness.run.decode import _token_cap, evaluate_split, teacher_forced, transcribe
-from harness.run.metrics import word_errors
+from harness.metrics import word_errors
 from harness.models import build_model
 
 MAX_NEW = 40

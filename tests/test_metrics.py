@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.run.metrics import WERResult, normalize_librispeech, normalize_whisper, word_errors
+from harness.metrics import WERResult, normalize_librispeech, normalize_whisper, word_errors
 
 
 @pytest.mark.parametrize(

@@ -210,7 +210,7 @@ def test_whisper_pack_loads_and_transcribes(name):
     hyps = packs.transcribe(folder, [p for p, _ in utts])
     import jiwer
 
-    from harness.run.metrics import normalize_librispeech
+    from harness.metrics import normalize_librispeech
 
     wer = jiwer.wer([normalize_librispeech(t) for _, t in utts], [normalize_librispeech(h) for h in hyps])
     assert wer < 0.15, list(zip(hyps, [t for _, t in utts]))

@@ -132,7 +132,7 @@ def _peak_memory(device: torch.device) -> dict[str, float]:
     return out
 
 
-def _config(setup: BenchSetup, variant: str):
+def bench_config(setup: BenchSetup, variant: str):
     from harness.config import build_config
     from harness.data.manifest import read_manifest
 
@@ -188,7 +188,7 @@ def _part_train(setup: BenchSetup, variant: str) -> dict[str, Any]:
             return batch
 
     work = Path(setup.workdir)
-    cfg = _config(setup, variant)
+    cfg = bench_config(setup, variant)
     trainer = RecordingTrainer(cfg, work / variant, progress=False)
     t0 = time.perf_counter()
     trainer.setup()
@@ -299,7 +299,7 @@ def _part_decode(setup: BenchSetup) -> dict[str, Any]:
     from harness.cache import cache_dir
     from harness.run.trainer import resolve_device
 
-    cfg = _config(setup, "ours")
+    cfg = bench_config(setup, "ours")
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, device=device).eval()
     model.load_state_dict(load_file(str(Path(setup.workdir) / "ours.safetensors"), device=str(device)), strict=False)

@@ -22,14 +22,14 @@ from pathlib import Path
 
 import torch
 
-from harness.bench.bench import BenchSetup, _config
+from harness.bench.bench import BenchSetup, bench_config
 
 
 def _train_variants(setup: BenchSetup, *, batches: int, rounds: int) -> tuple[dict[str, float], list[torch.nn.Parameter]]:
     from harness.run.decode import speech_frames
     from harness.run.trainer import Trainer
 
-    trainer = Trainer(_config(setup, "ours"), Path(setup.workdir) / "levers", progress=False)
+    trainer = Trainer(bench_config(setup, "ours"), Path(setup.workdir) / "levers", progress=False)
     trainer.setup()
     trainer._order_cache = {}  # what Trainer.train() prepares before its loop
     model = trainer.model.train()

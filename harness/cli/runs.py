@@ -80,7 +80,7 @@ def eval_cmd(run_dir: str, splits: tuple[str, ...], beam: int | None, overrides:
 
     from harness.data.manifest import read_manifest
     from harness.run.decode import ctc_transcribe, evaluate_split
-    from harness.run.metrics import NORMALISERS, word_errors
+    from harness.metrics import NORMALISERS, word_errors
 
     named = {}
     for spec in splits:

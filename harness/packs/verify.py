@@ -81,7 +81,7 @@ def verify(name: str, *, limit: int | None = None, data_dir: Path | None = None,
     """
     import jiwer
 
-    from harness.run.metrics import normalize_librispeech  # uppercase, no punctuation but apostrophes
+    from harness.metrics import normalize_librispeech  # uppercase, no punctuation but apostrophes
 
     spec = PACKS.get(name)
     folder = pack_path(name)

@@ -112,12 +112,38 @@ def _whisper_tokenizer(tokenizer_json: Path, vocabulary_txt: Path) -> WhisperTok
     return tok
 
 
+def _generation_config(config, ct2_config: dict, tok, ids: dict[str, int], multilingual: bool):
+    """What `generate` needs for plain English transcription without timestamps. Multilingual
+    checkpoints get language/task defaults so that they do not run language detection first."""
+    from transformers import GenerationConfig
+
+    gen = GenerationConfig(
+        decoder_start_token_id=ids["startoftranscript"],
+        bos_token_id=ids["endoftext"],
+        eos_token_id=ids["endoftext"],
+        pad_token_id=ids["endoftext"],
+        max_length=config.max_target_positions,
+        suppress_tokens=ct2_config["suppress_ids"],
+        begin_suppress_tokens=ct2_config["suppress_ids_begin"],
+        alignment_heads=ct2_config["alignment_heads"],
+        no_timestamps_token_id=ids["notimestamps"],
+        prev_sot_token_id=ids["startofprev"],
+        max_initial_timestamp_index=50,
+        return_timestamps=False,
+        is_multilingual=multilingual,
+    )
+    if multilingual:
+        gen.lang_to_id = {tok.convert_ids_to_tokens(i): i for i in ct2_config["lang_ids"]}
+        gen.task_to_id = {"transcribe": ids["transcribe"], "translate": ids["translate"]}
+        gen.language, gen.task = "en", "transcribe"
+    return gen
+
+
 def _convert_whisper(
     model_bin: bytes, config_json: Path, tokenizer_json: Path, vocabulary_txt: Path, out: Path
 ) -> None:
     """Write an HF Whisper folder (model, generation config, processor) from a CT2 Whisper pack."""
     from transformers import (
-        GenerationConfig,
         WhisperConfig,
         WhisperFeatureExtractor,
         WhisperForConditionalGeneration,
@@ -167,35 +193,12 @@ def _convert_whisper(
     if model.proj_out.weight.data_ptr() != model.model.decoder.embed_tokens.weight.data_ptr():
         raise ValueError("Whisper conversion: output projection is not tied to the token embeddings")
 
-    # What `generate` needs for plain English transcription without timestamps. Multilingual
-    # checkpoints get language/task defaults so that they do not run language detection first.
-    gen = GenerationConfig(
-        decoder_start_token_id=ids["startoftranscript"],
-        bos_token_id=ids["endoftext"],
-        eos_token_id=ids["endoftext"],
-        pad_token_id=ids["endoftext"],
-        max_length=config.max_target_positions,
-        suppress_tokens=ct2_config["suppress_ids"],
-        begin_suppress_tokens=ct2_config["suppress_ids_begin"],
-        alignment_heads=ct2_config["alignment_heads"],
-        no_timestamps_token_id=ids["notimestamps"],
-        prev_sot_token_id=ids["startofprev"],
-        max_initial_timestamp_index=50,
-        return_timestamps=False,
-        is_multilingual=multilingual,
-    )
-    if multilingual:
-        gen.lang_to_id = {tok.convert_ids_to_tokens(i): i for i in ct2_config["lang_ids"]}
-        gen.task_to_id = {"transcribe": ids["transcribe"], "translate": ids["translate"]}
-        gen.language, gen.task = "en", "transcribe"
-    model.generation_config = gen
+    model.generation_config = _generation_config(config, ct2_config, tok, ids, multilingual)
     model.save_pretrained(out)
 
     processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=n_mels), tokenizer=tok)
     processor.save_pretrained(out)
     check_loads(WhisperForConditionalGeneration, out)
-
-
 
 
 def _convert_whisper_tiny_en(spec: PackSpec, out: Path) -> None:

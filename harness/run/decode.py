@@ -13,7 +13,7 @@ from harness.config import DecodeConfig
 from harness.run.distributed import Dist
 from harness.data.audio import load_audio
 from harness.data.manifest import Utterance
-from harness.run.metrics import WERResult, word_errors
+from harness.metrics import WERResult, word_errors
 from harness.models.speech_llm import SpeechLLM
 
 if TYPE_CHECKING:

@@ -34,7 +34,7 @@ from harness.run.emergence import find_emergence, plot_curve
 from harness.run.decode import ctc_transcribe, evaluate_split, speech_frames, teacher_forced, transcribe
 from harness.run.features import FeatureCache
 from harness.run.memory import keep_freed_memory
-from harness.run.metrics import word_errors
+from harness.metrics import word_errors
 from harness.models import SpeechLLM, build_model
 from harness.run.distributed import local_device
 from harness.tracking.trackers import LocalTracker, Tracker

@@ -161,16 +161,7 @@ def load_search(study: Study) -> SearchSpec:
             )
     _unknown(raw, _SEARCH_KEYS, "search", where)
 
-    # objective: "dev/wer" or "minimize dev/wer"
-    objective = raw.get("objective", "dev/wer")
-    words = objective.split() if isinstance(objective, str) else []
-    metric = words[-1] if words else None
-    direction = words[0] if len(words) == 2 else METRICS.get(metric or "", "")
-    if metric not in METRICS or len(words) not in (1, 2) or direction not in ("minimize", "maximize"):
-        raise ConfigError(
-            f"{where('search.objective')}search.objective: expected '[minimize|maximize] METRIC' with METRIC one of "
-            f"{', '.join(METRICS)}, got {objective!r}"
-        )
+    metric, direction = _load_objective(raw.get("objective", "dev/wer"), where)
 
     def integer(key: str, minimum: int, *, optional: bool = True) -> int | None:
         value = raw.get(key)
@@ -206,19 +197,37 @@ def load_search(study: Study) -> SearchSpec:
         emergence_margin=None if margin is None else float(margin),
     )
     if sampler == "grid":
-        for key, dist in params.items():
-            try:
-                _finite_values(key, dist)
-            except ValueError:
-                raise ConfigError(
-                    f"{where('search.params.' + key)}search.params.{key}: the grid sampler needs finite values; "
-                    f"give it a step or make it categorical"
-                ) from None
-        size = math.prod(len(v) for v in spec.grid().values())
-        if n_trials is not None and n_trials > size:
-            raise ConfigError(f"{where('search.n_trials')}search.n_trials: {n_trials} exceeds the grid's {size} points")
+        _check_grid(spec, where)
     enqueue = _load_enqueue(raw.get("enqueue"), params, where)
     return SearchSpec(**{**spec.__dict__, "enqueue": enqueue})
+
+
+def _load_objective(objective: Any, where: SourceMap) -> tuple[str, str]:
+    """``"dev/wer"`` or ``"minimize dev/wer"`` -> (metric, direction)."""
+    words = objective.split() if isinstance(objective, str) else []
+    metric = words[-1] if words else None
+    direction = words[0] if len(words) == 2 else METRICS.get(metric or "", "")
+    if metric not in METRICS or len(words) not in (1, 2) or direction not in ("minimize", "maximize"):
+        raise ConfigError(
+            f"{where('search.objective')}search.objective: expected '[minimize|maximize] METRIC' with METRIC one of "
+            f"{', '.join(METRICS)}, got {objective!r}"
+        )
+    return metric, direction
+
+
+def _check_grid(spec: SearchSpec, where: SourceMap) -> None:
+    """The grid sampler needs finite values, and no more trials than grid points."""
+    for key, dist in spec.params.items():
+        try:
+            _finite_values(key, dist)
+        except ValueError:
+            raise ConfigError(
+                f"{where('search.params.' + key)}search.params.{key}: the grid sampler needs finite values; "
+                f"give it a step or make it categorical"
+            ) from None
+    size = math.prod(len(v) for v in spec.grid().values())
+    if spec.n_trials is not None and spec.n_trials > size:
+        raise ConfigError(f"{where('search.n_trials')}search.n_trials: {spec.n_trials} exceeds the grid's {size} points")
 
 
 def _unknown(mapping: Mapping, valid: tuple[str, ...], what: str, where: SourceMap) -> None:

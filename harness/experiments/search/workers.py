@@ -182,6 +182,21 @@ def _parent_run(client: Any, exp_id: str, study: Study, spec: SearchSpec, optuna
     return run_id
 
 
+def _open_search(storage: str, study_name: str, spec: SearchSpec, where: Any) -> tuple[optuna.Study, str]:
+    """The Optuna study and its search id; a new one is named and gets its enqueued trials first,
+    and trials stopped by an interrupt are queued again."""
+    optuna_study = load_or_create_study(storage, study_name, spec, where=where)
+    search_id = optuna_study.user_attrs.get(ATTR_SEARCH_ID)
+    if search_id is None:  # a new study: name its outputs and run its enqueued trials first
+        search_id = uuid.uuid4().hex[:8]
+        optuna_study.set_user_attr(ATTR_SEARCH_ID, search_id)
+        optuna_study.set_user_attr(ATTR_METRIC, spec.metric)
+        for params in spec.enqueue:
+            optuna_study.enqueue_trial(params)
+    requeue_interrupted(optuna_study)
+    return optuna_study, search_id
+
+
 def run_search(
     study: Study,
     *,
@@ -230,15 +245,7 @@ def run_search(
     grace = grace_period if grace_period is not None else 4 * heartbeat_interval
     deadline = time.time() + timeout if timeout is not None else None
 
-    optuna_study = load_or_create_study(storage, study_name or study.name, spec, where=where)
-    search_id = optuna_study.user_attrs.get(ATTR_SEARCH_ID)
-    if search_id is None:  # a new study: name its outputs and run its enqueued trials first
-        search_id = uuid.uuid4().hex[:8]
-        optuna_study.set_user_attr(ATTR_SEARCH_ID, search_id)
-        optuna_study.set_user_attr(ATTR_METRIC, spec.metric)
-        for params in spec.enqueue:
-            optuna_study.enqueue_trial(params)
-    requeue_interrupted(optuna_study)
+    optuna_study, search_id = _open_search(storage, study_name or study.name, spec, where)
 
     client = make_client(tracking_uri)
     exp_id = experiment_id(client, study.experiment)
