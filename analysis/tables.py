@@ -256,7 +256,8 @@ def add_paper(runs: pd.DataFrame) -> pd.DataFrame:
 
 @lru_cache(maxsize=None)
 def model_width(reference: str, *, kind: str) -> int | None:
-    """Output width of an encoder (d_enc) or LLM (d_llm) reference, or None when it cannot be known here.
+    """Output width of an encoder (d_enc) or LLM (d_llm) reference, or None when it cannot be known here
+    (for runs logged before training logged ``model/d_enc`` and ``model/d_llm`` itself).
 
     Order: the paper's tables; a ``tiny:`` model built from its config (milliseconds); the
     ``config.json`` of a local ``pack:`` folder or a cached ``hf:`` checkpoint (never a download).
@@ -296,6 +297,12 @@ def model_width(reference: str, *, kind: str) -> int | None:
         return None
 
 
+def _logged_width(run: Any, key: str) -> int | None:
+    """A width the run logged when it built its model (runs before it was logged: None)."""
+    value = run.get(key)
+    return None if _missing(value) else int(value)
+
+
 def check_parameters(runs: pd.DataFrame) -> pd.DataFrame:
     """Measured parameter counts against the linear projector formula ``k*d_enc*H + H + H*d_llm + d_llm``.
 
@@ -319,8 +326,10 @@ def check_parameters(runs: pd.DataFrame) -> pd.DataFrame:
         elif _missing(measured_proj) or _missing(trainable):
             out["params_check"] = "n/a (no parameter counts logged)"
         else:
-            d_enc = model_width(r["encoder.name"], kind="encoder") if isinstance(r.get("encoder.name"), str) else None
-            d_llm = model_width(r["llm.name"], kind="llm") if isinstance(r.get("llm.name"), str) else None
+            d_enc = _logged_width(r, "model/d_enc") or (
+                model_width(r["encoder.name"], kind="encoder") if isinstance(r.get("encoder.name"), str) else None)
+            d_llm = _logged_width(r, "model/d_llm") or (
+                model_width(r["llm.name"], kind="llm") if isinstance(r.get("llm.name"), str) else None)
             out.update(d_enc=d_enc, d_llm=d_llm)
             if d_enc is None or d_llm is None or _missing(k) or _missing(hidden):
                 out["params_check"] = "n/a (model widths unknown here)"

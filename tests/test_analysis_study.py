@@ -168,6 +168,11 @@ def test_intervals_and_parameter_check(runs_ci):
     assert checks["params_check"].iloc[:3].tolist() == ["ok"] * 3
     assert checks["params_ok"].iloc[:3].tolist() == [True] * 3
     assert checks["params_check"].iloc[3].startswith("n/a")
+    # The widths come from what training logged, not from loading the models again.
+    assert fin["model/d_enc"].tolist() == [32.0] * len(fin) and fin["model/d_llm"].tolist() == [64.0] * len(fin)
+    wider = runs_ci.copy()
+    wider["model/d_llm"] = 65.0
+    assert tables.check_parameters(wider)["d_llm"].iloc[:3].tolist() == [65, 65, 65]
 
 
 def test_parameter_mismatch_is_flagged(runs_ci):
@@ -211,6 +216,7 @@ def test_paper_numbers_beside_ours(runs_ci):
     like["encoder.name"] = ["hf:openai/whisper-large-v2", "hf:openai/whisper-medium", "hf:microsoft/wavlm-large"]
     like["llm.name"] = "hf:lmsys/vicuna-7b-v1.5"
     like["adapter.k"], like["adapter.hidden"] = 5, 2048
+    like = like.drop(columns=["model/d_enc", "model/d_llm"])  # what was built no longer matches the names
     t5 = tables.table5(like)
     assert t5.display.index.tolist() == ["Whisper large", "Whisper medium", "WavLM Large"]
     assert t5.display["paper WER"].tolist() == ["2.58", "2.72", "2.13"]  # test-clean only: the study has no test-other

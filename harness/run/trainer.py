@@ -187,6 +187,10 @@ class Trainer:
             self.tracker.set_tags({"config_hash": self.hash, "harness.identity": "2"})
             for name, value in self.model.param_counts().items():
                 self.tracker.log_metrics({name: float(value)}, step=0)
+            # The widths the projector maps between, as built: analysis reads them instead of loading models.
+            widths = {"model/d_enc": float(self.model.encoder.dim),
+                      "model/d_llm": float(self.model.llm.get_input_embeddings().weight.shape[1])}
+            self.tracker.log_metrics(widths, step=0)
             if self.dist.enabled:  # what one rank holds of the LLM: all of it (DDP) or its shard (FSDP)
                 local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in self.model.llm.parameters())
                 self.tracker.log_metrics({"dist/world_size": float(self.dist.world), "dist/llm_params_per_rank": float(local)}, step=0)
