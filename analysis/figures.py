@@ -29,7 +29,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from analysis.tables import _hashable, _missing, axis_label, test_splits
+from analysis.labels import axis_label, combo_label, hashable, missing
+from analysis.tables import test_splits
 from harness.run.emergence import smooth
 
 # One look for every figure of the harness.
@@ -88,16 +89,7 @@ def _axes_of(runs: pd.DataFrame) -> list[str]:
 
 
 def _varying(runs: pd.DataFrame, keys: Sequence[str]) -> list[str]:
-    return [k for k in keys if k in runs.columns and runs[k].map(_hashable).nunique(dropna=False) > 1]
-
-
-def _combo_label(row: dict[str, Any], keys: Sequence[str]) -> str:
-    """``k=5, frozen, whisper-base``: models and frozen/trainable speak for themselves, other values get their key."""
-    def one(k: str) -> str:
-        label = axis_label(k, row.get(k))
-        return label if k in ("encoder.name", "llm.name", "encoder.trainable") else f"{k.split('.')[-1]}={label}"
-
-    return ", ".join(one(k) for k in keys) or "all runs"
+    return [k for k in keys if k in runs.columns and runs[k].map(hashable).nunique(dropna=False) > 1]
 
 
 def _window(n: int) -> int:
@@ -150,18 +142,18 @@ def emergence_figure(
     have = runs[runs["run_id"].isin(set(acc["run_id"]))] if len(acc) else runs.iloc[0:0]
     if by not in runs.columns:
         return _skip(name, title, f"the runs have no {by!r} column")
-    if have[by].map(_hashable).nunique() < 2:
+    if have[by].map(hashable).nunique() < 2:
         return _skip(name, title,
                      f"the study does not vary {by} across runs with training curves (needs 2 values or more)")
     others = _varying(have, [a for a in _axes_of(runs) if a != by])
-    panels = list(dict.fromkeys(tuple(_hashable(v) for v in vals) for vals in have[others].itertuples(index=False))) \
+    panels = list(dict.fromkeys(tuple(hashable(v) for v in vals) for vals in have[others].itertuples(index=False))) \
         if others else [()]
-    colors = {v: COLORS[i % len(COLORS)] for i, v in enumerate(dict.fromkeys(have[by].map(_hashable)))}
+    colors = {v: COLORS[i % len(COLORS)] for i, v in enumerate(dict.fromkeys(have[by].map(hashable)))}
     windows = set()
     with rc_context(STYLE):
         fig, axes = _grid(len(panels))
         for ax, panel in zip(axes, panels):
-            sel = have if not others else have[[tuple(_hashable(v) for v in vals) == panel
+            sel = have if not others else have[[tuple(hashable(v) for v in vals) == panel
                                                  for vals in have[others].itertuples(index=False)]]
             for row in sel.to_dict("records"):
                 h = acc[acc["run_id"] == row["run_id"]].sort_values("step")
@@ -169,17 +161,17 @@ def emergence_figure(
                 w = _window(len(vals))
                 windows.add(w)
                 sm = smooth(vals, w)
-                color = colors[_hashable(row[by])]
+                color = colors[hashable(row[by])]
                 ax.plot(steps, vals, color=color, alpha=0.18, lw=0.8)
                 step = row.get("emergence_step")
-                label = axis_label(by, row[by]) + ("" if _missing(step) else f" (step {int(step)})")
+                label = axis_label(by, row[by]) + ("" if missing(step) else f" (step {int(step)})")
                 ax.plot(steps, sm, color=color, label=label)
-                if not _missing(step):
+                if not missing(step):
                     ax.axvline(step, color=color, ls="--", lw=1.0, alpha=0.8)
                     ax.plot([step], [np.interp(step, steps, sm)], marker="o", color=color, ms=5, mec="white")
             ax.set(xlabel="step", ylabel="train accuracy (teacher-forced)", ylim=(0, 1))
             if others:
-                ax.set_title(_combo_label(dict(zip(others, sel[others].iloc[0])), others), fontsize=8.5)
+                ax.set_title(combo_label(dict(zip(others, sel[others].iloc[0])), others), fontsize=8.5)
             ax.legend(loc="lower right", title=what)
         fig.suptitle(title)
         paths = _save(fig, out_dir, name)
@@ -204,12 +196,12 @@ def frozen_vs_trainable_figure(runs: pd.DataFrame, histories: pd.DataFrame, *, o
         return _skip(name, title,
                      "the study has no run with a frozen and one with a trainable encoder (encoder.trainable)")
     others = _varying(have, [a for a in _axes_of(runs) if a != key])
-    combos = list(dict.fromkeys(_combo_label(r, others) for r in have.to_dict("records")))
+    combos = list(dict.fromkeys(combo_label(r, others) for r in have.to_dict("records")))
     with rc_context(STYLE):
         fig, (ax_acc, ax_loss) = _grid(2)
         for row in have.to_dict("records"):
             color = COLORS[1] if row[key] else COLORS[0]
-            ls = LINESTYLES[combos.index(_combo_label(row, others)) % len(LINESTYLES)]
+            ls = LINESTYLES[combos.index(combo_label(row, others)) % len(LINESTYLES)]
             for ax, metric in ((ax_acc, "train/acc"), (ax_loss, "train/loss")):
                 h = histories[(histories["run_id"] == row["run_id"]) & (histories["metric"] == metric)]
                 h = h.sort_values("step")
@@ -291,10 +283,10 @@ def _wer_lines(
     with rc_context(STYLE):
         fig, axes = _grid(len(splits), width=4.0, height=3.0)
         for ax, s in zip(axes, splits):
-            groups = fin.groupby([fin[o].map(_hashable) for o in others], sort=False) if others else [((), fin)]
+            groups = fin.groupby([fin[o].map(hashable) for o in others], sort=False) if others else [((), fin)]
             for i, (_, g) in enumerate(groups):
                 g = g.sort_values(x)
-                label = _combo_label(g.iloc[0].to_dict(), others)
+                label = combo_label(g.iloc[0].to_dict(), others)
                 ax.errorbar(g[x].to_numpy(float), g[f"test/{s}/wer"].to_numpy(float) * 100, yerr=_yerr(g, s),
                             fmt="-o" if connect else "o", color=COLORS[i % len(COLORS)], capsize=3, ms=4, label=label)
                 if not connect and len(g) <= 12:

@@ -31,11 +31,11 @@ import pandas as pd
 
 from analysis import paper
 from analysis.bootstrap import bootstrap_wer
+from analysis.labels import DASH, axis_label, axis_labels, hashable, missing
 
 log = logging.getLogger("analysis.tables")
 
 _TEST_WER = re.compile(r"^test/(.+)/wer$")
-DASH = "—"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,13 +117,11 @@ def _latex(text: str) -> str:
 # Formatting
 
 
-def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA or v is pd.NaT
 
 
 def fmt_count(n: Any) -> str:
     """Parameter counts as the paper prints them: ``17305600`` -> ``17.31M``, ``1.1e9`` -> ``1.10B``."""
-    if _missing(n):
+    if missing(n):
         return DASH
     n = float(n)
     for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -134,17 +132,17 @@ def fmt_count(n: Any) -> str:
 
 def fmt_wer(wer: Any, lo: Any = None, hi: Any = None) -> str:
     """A WER fraction in percent with its interval: ``0.0301, 0.028, 0.032`` -> ``3.01 [2.80, 3.20]``."""
-    if _missing(wer):
+    if missing(wer):
         return DASH
     text = f"{100 * wer:.2f}"
-    if not _missing(lo) and not _missing(hi):
+    if not missing(lo) and not missing(hi):
         text += f" [{100 * lo:.2f}, {100 * hi:.2f}]"
     return text
 
 
 def fmt_value(v: Any) -> str:
     """Any cell value: integers with thousands separators, floats to 4 significant digits."""
-    if _missing(v):
+    if missing(v):
         return DASH
     if isinstance(v, (bool, np.bool_)):
         return "yes" if v else "no"
@@ -153,21 +151,6 @@ def fmt_value(v: Any) -> str:
     if isinstance(v, (float, np.floating)):
         return f"{v:.4g}"
     return str(v)
-
-
-def axis_label(key: str, value: Any) -> str:
-    """How an axis value is printed: model references by their paper (or short) name."""
-    if _missing(value):
-        return DASH
-    if key in ("encoder.name", "llm.name") and isinstance(value, str):
-        return paper.display_name(value)
-    if key == "encoder.trainable" and isinstance(value, (bool, np.bool_)):
-        return "trainable" if value else "frozen"
-    return str(value)
-
-
-def _hashable(v: Any) -> Any:
-    return repr(v) if isinstance(v, (dict, list)) else v
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,7 +189,7 @@ def add_intervals(
     for split in test_splits(runs):
         lo, hi = np.full(len(out), np.nan), np.full(len(out), np.nan)
         for i, (run_id, status, wer) in enumerate(zip(out["run_id"], out["status"], out[f"test/{split}/wer"])):
-            if status != "FINISHED" or _missing(wer):
+            if status != "FINISHED" or missing(wer):
                 continue
             try:
                 t = load_transcripts(run_id, split, tracking_uri=uri)
@@ -226,7 +209,7 @@ def add_intervals(
 
 
 def _run_config(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if not _missing(v)}
+    return {k: v for k, v in row.items() if not missing(v)}
 
 
 def add_paper(runs: pd.DataFrame) -> pd.DataFrame:
@@ -300,7 +283,7 @@ def model_width(reference: str, *, kind: str) -> int | None:
 def _logged_width(run: Any, key: str) -> int | None:
     """A width the run logged when it built its model (runs before it was logged: None)."""
     value = run.get(key)
-    return None if _missing(value) else int(value)
+    return None if missing(value) else int(value)
 
 
 def check_parameters(runs: pd.DataFrame) -> pd.DataFrame:
@@ -323,7 +306,7 @@ def check_parameters(runs: pd.DataFrame) -> pd.DataFrame:
         measured_proj, trainable = r.get("params/projector"), r.get("params/trainable")
         if projector != "linear":
             out["params_check"] = f"n/a ({projector} projector)"
-        elif _missing(measured_proj) or _missing(trainable):
+        elif missing(measured_proj) or missing(trainable):
             out["params_check"] = "n/a (no parameter counts logged)"
         else:
             d_enc = _logged_width(r, "model/d_enc") or (
@@ -331,7 +314,7 @@ def check_parameters(runs: pd.DataFrame) -> pd.DataFrame:
             d_llm = _logged_width(r, "model/d_llm") or (
                 model_width(r["llm.name"], kind="llm") if isinstance(r.get("llm.name"), str) else None)
             out.update(d_enc=d_enc, d_llm=d_llm)
-            if d_enc is None or d_llm is None or _missing(k) or _missing(hidden):
+            if d_enc is None or d_llm is None or missing(k) or missing(hidden):
                 out["params_check"] = "n/a (model widths unknown here)"
             else:
                 formula = paper.projector_params(d_enc=d_enc, d_llm=d_llm, k=int(k), hidden=int(hidden))
@@ -369,9 +352,9 @@ def _wer_cells(row: dict[str, Any], splits: Sequence[str]) -> list[str]:
 
 def _paper_cell(row: dict[str, Any], splits: Sequence[str]) -> str:
     vals = [row.get(f"paper/{s}/wer") for s in splits]
-    if all(_missing(v) for v in vals):
+    if all(missing(v) for v in vals):
         return ""
-    return " / ".join(DASH if _missing(v) else f"{100 * v:.2f}" for v in vals)
+    return " / ".join(DASH if missing(v) else f"{100 * v:.2f}" for v in vals)
 
 
 def _wer_numbers(row: dict[str, Any], splits: Sequence[str]) -> dict[str, float]:
@@ -381,7 +364,7 @@ def _wer_numbers(row: dict[str, Any], splits: Sequence[str]) -> dict[str, float]
         for key, col in ((f"test/{s}/wer", f"{s} WER %"), (f"ci/{s}/lo", f"{s} CI lo %"),
                          (f"ci/{s}/hi", f"{s} CI hi %"), (f"paper/{s}/wer", f"{s} paper WER %")):
             v = row.get(key)
-            out[col] = np.nan if _missing(v) else 100 * float(v)
+            out[col] = np.nan if missing(v) else 100 * float(v)
     return out
 
 
@@ -437,18 +420,18 @@ def pivot(
     splits = list(splits) if splits is not None else test_splits(runs)
     keys = [rows] + ([cols] if cols else [])
     live = runs[runs["status"].isin(["FINISHED", "FAILED"])] if "status" in runs.columns else runs
-    groups = live.groupby([live[k].map(_hashable) for k in keys], sort=False, dropna=False)
+    groups = live.groupby([live[k].map(hashable) for k in keys], sort=False, dropna=False)
     _check_unambiguous(runs, live, groups, rows, cols)
 
-    row_vals = list(dict.fromkeys(live[rows].map(_hashable)))
-    col_vals = list(dict.fromkeys(live[cols].map(_hashable))) if cols else [None]
-    first = {k: v for k, v in zip(live[rows].map(_hashable), live[rows])}
-    firstc = {k: v for k, v in zip(live[cols].map(_hashable), live[cols])} if cols else {None: None}
+    row_vals = list(dict.fromkeys(live[rows].map(hashable)))
+    col_vals = list(dict.fromkeys(live[cols].map(hashable))) if cols else [None]
+    first = {k: v for k, v in zip(live[rows].map(hashable), live[rows])}
+    firstc = {k: v for k, v in zip(live[cols].map(hashable), live[cols])} if cols else {None: None}
     cell = {tuple(g if isinstance(g, tuple) else (g,)): df.iloc[0].to_dict() for g, df in groups}
 
     display_rows, data_rows = [], []
-    col_labels = _labels(cols, [firstc[c] for c in col_vals]) if cols else ["WER (%)" if value == "wer" else value]
-    row_labels = _labels(rows, [first[r] for r in row_vals])
+    col_labels = axis_labels(cols, [firstc[c] for c in col_vals]) if cols else ["WER (%)" if value == "wer" else value]
+    row_labels = axis_labels(rows, [first[r] for r in row_vals])
     paper_cols = {c for c in col_vals for r in row_vals
                   if with_paper and value == "wer" and (run := cell.get((r, c) if cols else (r,)))
                   and _paper_cell(run, splits)}
@@ -484,20 +467,13 @@ def pivot(
     )
 
 
-def _labels(key: str, values: list) -> list[str]:
-    """Short labels of one axis's values; two references with one short name (hf:openai/whisper-base,
-    pack:whisper-base) keep their full names."""
-    labels = [axis_label(key, v) for v in values]
-    return labels if len(set(labels)) == len(labels) else [str(v) for v in values]
-
-
 def _check_unambiguous(runs: pd.DataFrame, live: pd.DataFrame, groups, rows: str, cols: str | None) -> None:
     """A pivot cell holds one run: when several share one, name the field that tells them apart."""
     if not any(len(df) > 1 for _, df in groups):
         return
     keys = [rows] + ([cols] if cols else [])
     varying = [a for a in runs.attrs.get("axes", []) if a not in keys and a in live.columns
-               and live[a].map(_hashable).nunique(dropna=False) > 1]
+               and live[a].map(hashable).nunique(dropna=False) > 1]
     raise ValueError(
         f"pivot({rows!r}, {cols!r}) is ambiguous: several runs share a cell (other varying fields: "
         f"{varying or 'unknown'}); select one value first, e.g. runs[runs[{(varying or ['...'])[0]!r}] == ...]"
@@ -613,7 +589,7 @@ def runs_table(runs: pd.DataFrame) -> Table:
             "none" if r.get("emerged") == 0 else DASH)
         d["steps"] = fmt_value(r.get("train/steps"))
         secs = r.get("train/wall_seconds")
-        d["train time (s)"] = DASH if _missing(secs) else f"{secs:.1f}" if secs < 10 else f"{secs:,.0f}"
+        d["train time (s)"] = DASH if missing(secs) else f"{secs:.1f}" if secs < 10 else f"{secs:,.0f}"
         display_rows.append(d)
         data_rows.append({
             "run_name": r["run_name"], "run_id": r["run_id"], "cell_hash": r.get("cell_hash"),

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis import paper, tables
+from analysis import labels, paper, tables
 from harness.config import flatten
 from harness.experiments.study import load_study
 
@@ -101,8 +101,8 @@ def test_formatting():
     assert tables.fmt_count(640) == "640"
     assert tables.fmt_wer(0.0301, 0.028, 0.032) == "3.01 [2.80, 3.20]" and tables.fmt_wer(float("nan")) == "—"
     assert tables.fmt_value(10.0) == "10" and tables.fmt_value(0.123456) == "0.1235" and tables.fmt_value(True) == "yes"
-    assert tables.axis_label("encoder.name", "hf:openai/whisper-medium") == "Whisper medium"
-    assert tables.axis_label("encoder.trainable", False) == "frozen"
+    assert labels.axis_label("encoder.name", "hf:openai/whisper-medium") == "Whisper medium"
+    assert labels.axis_label("encoder.trainable", False) == "frozen"
     assert tables.model_width("tiny:whisper", kind="encoder") == 32
     assert tables.model_width("tiny:llama", kind="llm") == 64
     assert tables.model_width("hf:no-such-org/no-such-model", kind="llm") is None
