@@ -8,7 +8,6 @@ mutations and the broken text.
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 import signal

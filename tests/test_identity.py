@@ -32,10 +32,16 @@ from harness.config import (
 from harness.experiments.grid import run_study
 from harness.tracking.store import make_client
 from harness.tracking.tags import CELL_HASH as TAG_HASH
-from harness.data.manifest import write_manifest
 from harness.experiments.study import load_study
-from tests.test_config import _changed, _get, _leaves, _set
-from tests.test_reliability import _manifests, assert_no_duplicates, base_config, steps_of, write_study
+from test_config import _changed, _get, _leaves, _set
+from test_reliability import (
+    _manifests,
+    assert_no_duplicates,
+    base_config,
+    failing_at_step_three,
+    steps_of,
+    write_study,
+)
 
 EXECUTION_KEYS = {
     "train.device", "train.compile", "train.gradient_checkpointing", "train.full_vocab_logits", "train.parallel",
@@ -180,24 +186,11 @@ def test_changing_an_experiment_setting_makes_a_new_cell(finished, monkeypatch) 
     assert out.status == "done" and out.run_id != finished["run_id"] and out.cell.hash != finished["hash"]
 
 
-def _failing_at_step_three(tmp: Path, libri) -> tuple[dict, bytes]:
-    """A base whose dev audio is truncated: the cell fails at its step-3 evaluation (checkpoint at 2)."""
-    d = _manifests(tmp, libri)
-    dev = sorted(libri["dev-clean"], key=lambda u: u.duration)[0]
-    real = Path(dev.audio).read_bytes()
-    (tmp / "dev.flac").write_bytes(real[: len(real) // 2])
-    write_manifest(tmp / "dev.jsonl", [type(dev)(dev.id, str(tmp / "dev.flac"), dev.text, dev.duration)])
-    base = base_config(d, max_steps=5, checkpoint_every=2, eval_every=3, lr=1e-3)
-    base["data"]["test"] = {"mini": f"{d}/train.jsonl"}
-    base["encoder"]["cache"] = False  # the cache would read the dev file before training
-    return base, real
-
-
 def test_a_failed_cell_resumes_with_other_execution_settings(tmp_path: Path, libri, monkeypatch, caplog) -> None:
     """The user fixes the dev file and retries with another checkpoint cadence, decode batch, scan and
     cache: the same run continues from its checkpoint and no step is logged twice."""
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
-    base, real = _failing_at_step_three(tmp_path, libri)
+    base, real = failing_at_step_three(tmp_path, libri)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     [first] = run_study(load_study(write_study(tmp_path, "resume", base)), uri=uri, runs_root=tmp_path / "runs",
                         progress=False)
@@ -246,7 +239,7 @@ def test_a_finished_cell_of_an_older_store_is_found_and_skipped(tmp_path: Path, 
 def test_an_unfinished_cell_of_an_older_store_resumes_from_its_folder(tmp_path: Path, libri, monkeypatch, caplog) -> None:
     caplog.set_level(logging.INFO, logger="harness")
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
-    base, real = _failing_at_step_three(tmp_path, libri)
+    base, real = failing_at_step_three(tmp_path, libri)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     path = write_study(tmp_path, "old", base)
     [first] = run_study(load_study(path), uri=uri, runs_root=tmp_path / "runs", progress=False)

@@ -83,6 +83,20 @@ def write_study(tmp: Path, name: str, base: dict[str, Any], *, axes: dict | None
     return path
 
 
+def failing_at_step_three(tmp: Path, libri, *, max_steps: int = 5) -> tuple[dict, bytes]:
+    """A base whose dev audio is a truncated FLAC (its header passes the default scan): the cell fails at
+    its step-3 evaluation, one step after the checkpoint at 2. Returns (base, the real bytes to restore)."""
+    d = _manifests(tmp, libri)
+    dev = sorted(libri["dev-clean"], key=lambda u: u.duration)[0]
+    real = Path(dev.audio).read_bytes()
+    (tmp / "dev.flac").write_bytes(real[: len(real) // 2])
+    write_manifest(tmp / "dev.jsonl", [type(dev)(dev.id, str(tmp / "dev.flac"), dev.text, dev.duration)])
+    base = base_config(d, max_steps=max_steps, checkpoint_every=2, eval_every=3, lr=1e-3)
+    base["data"]["test"] = {"mini": f"{d}/train.jsonl"}
+    base["encoder"]["cache"] = False  # the cache would read the dev file before training
+    return base, real
+
+
 def cell_runs(uri: str, study_path: Path) -> dict[str, Any]:
     """cell hash -> its MLflow run (fresh from the store)."""
     st = load_study(study_path)

@@ -18,7 +18,15 @@ from harness.tracking.store import make_client
 from harness.experiments.study import load_study
 from harness.run.trainer import CheckpointError, Trainer
 
-from test_reliability import _manifests, assert_no_duplicates, base_config, cell_runs, steps_of, write_study
+from test_reliability import (
+    _manifests,
+    assert_no_duplicates,
+    base_config,
+    cell_runs,
+    failing_at_step_three,
+    steps_of,
+    write_study,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -30,14 +38,7 @@ def test_a_failure_between_checkpoints_resumes_without_logging_a_step_twice(tmp_
     """The dev file is a truncated FLAC (its header passes the default scan), so the evaluation at
     step 3 fails the cell, one step after the checkpoint at 2. The failed run keeps steps 1-3; the
     old code sent step 3 again when the retried run recomputed it (two points at step 3)."""
-    d = _manifests(tmp_path, libri)
-    dev = sorted(libri["dev-clean"], key=lambda u: u.duration)[0]
-    real = Path(dev.audio).read_bytes()
-    (tmp_path / "dev.flac").write_bytes(real[: len(real) // 2])
-    write_manifest(tmp_path / "dev.jsonl", [type(dev)(dev.id, str(tmp_path / "dev.flac"), dev.text, dev.duration)])
-    base = base_config(d, max_steps=6, checkpoint_every=2, eval_every=3, lr=1e-3)
-    base["data"]["test"] = {"mini": f"{d}/train.jsonl"}
-    base["encoder"]["cache"] = False  # the cache would read the dev file before training
+    base, real = failing_at_step_three(tmp_path, libri, max_steps=6)
     path = write_study(tmp_path, "fails_between", base)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     [first] = run_study(load_study(path), uri=uri, runs_root=tmp_path / "runs", progress=False)
