@@ -70,7 +70,7 @@ def matmul_rate(device: torch.device, *, n: int = 2048, seconds: float = 1.0) ->
     """Best dense-matmul FLOP/s of this process on ``device``: bf16 on CUDA; fp32 on CPU, the faster of
     torch's matmul and oneDNN's with a packed weight (the kernel our frozen layers use, see
     :mod:`harness.models.fast.packed`), so the ceiling is the machine's, not one library's."""
-    from harness.models import packed
+    from harness.models.fast import packed
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
