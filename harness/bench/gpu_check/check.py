@@ -58,8 +58,8 @@ def run_section(name: str, rec, deadline: float, *, cpu: bool, out_dir: Path, co
     (a :class:`~harness.bench.gpu_check.sections.Recorder`, which keeps what was measured when the section raises)."""
     import torch
 
-    from harness.bench.bench.gpu_check import models as gm
-    from harness.bench.bench.gpu_check import sections as sec
+    from harness.bench.gpu_check import models as gm
+    from harness.bench.gpu_check import sections as sec
 
     kind, _, shape_name = name.partition(":")
     shape = gm.SHAPES[shape_name]

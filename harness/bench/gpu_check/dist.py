@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from harness.run import distributed
-from harness.bench.bench.gpu_check import models as gm
+from harness.bench.gpu_check import models as gm
 
 GRAD_RTOL = 1e-4
 """fp32, TF32 off: summed per-rank gradients equal the whole batch's to 1e-4 (relative norm), the losses too."""

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import torch
 
-from harness.bench.bench.gpu_check import models as gm
+from harness.bench.gpu_check import models as gm
 from harness.bench.gpu_check.dist import GRAD_RTOL
 
 LOSS_RTOL = 2e-2
