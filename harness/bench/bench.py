@@ -69,8 +69,8 @@ class BenchSetup:
 def matmul_rate(device: torch.device, *, n: int = 2048, seconds: float = 1.0) -> dict[str, Any]:
     """Best dense-matmul FLOP/s of this process on ``device``: bf16 on CUDA; fp32 on CPU, the faster of
     torch's matmul and oneDNN's with a packed weight (the kernel our frozen layers use, see
-    :mod:`harness.models.fast.packed`), so the ceiling is the machine's, not one library's."""
-    from harness.models.fast import packed
+    :mod:`harness.models.fast.onednn`), so the ceiling is the machine's, not one library's."""
+    from harness.models.fast import onednn as packed
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
@@ -195,7 +195,7 @@ def _part_train(setup: BenchSetup, variant: str) -> dict[str, Any]:
     setup_seconds = time.perf_counter() - t0
     # The reference code runs the prompt prefix in every row, through plain PyTorch matmuls.
     trainer.model.share_prefix = variant == "ours"
-    trainer.model.use_packed_weights(variant == "ours" and trainer.device.type == "cpu")
+    trainer.model.use_onednn_linears(variant == "ours" and trainer.device.type == "cpu")
     matmul_rate(trainer.device)  # warm the matmul kernels
     trainer._order_cache = {}  # what Trainer.train() prepares before its loop
     trainer.model.train()

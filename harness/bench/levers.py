@@ -43,7 +43,7 @@ def _train_variants(setup: BenchSetup, *, batches: int, rounds: int) -> tuple[di
 
     def run(share_prefix: bool, packed: bool) -> float:
         model.share_prefix = share_prefix
-        model.use_packed_weights(packed)
+        model.use_onednn_linears(packed)
         start = time.perf_counter()
         for (frames, lengths), texts in data:
             model.forward_frames(frames, lengths, texts)["loss"].backward()

@@ -61,5 +61,5 @@ def build_model(cfg: RunConfig, *, device: torch.device | str = "cpu") -> Speech
     model.full_vocab_logits = cfg.train.full_vocab_logits
     if cfg.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    model.use_packed_weights(torch.device(device).type == "cpu")
+    model.use_onednn_linears(torch.device(device).type == "cpu")
     return model.to(device)

@@ -33,7 +33,7 @@ from harness.models.projectors import Projector
 from harness.models.ctc import CTCHead
 from harness.models.encoders import SpeechEncoder
 from harness.models.fast.kv_cache import preallocated_cache
-from harness.models.fast.packed import use_packed_linears
+from harness.models.fast.onednn import use_onednn_linears
 
 IGNORE = -100
 SPEECH_MARK = "<|speech|>"
@@ -404,10 +404,10 @@ class SpeechLLM(nn.Module):
             "params/llm": count(self.llm),
         }
 
-    def use_packed_weights(self, enabled: bool = True) -> None:
+    def use_onednn_linears(self, enabled: bool = True) -> None:
         """On the CPU, run the frozen LLM's linear layers through oneDNN with weights packed once
-        (:mod:`harness.models.fast.packed`); ``enabled=False`` goes back to plain ``F.linear``."""
-        use_packed_linears(self.llm, enabled)
+        (:mod:`harness.models.fast.onednn`); ``enabled=False`` goes back to plain ``F.linear``."""
+        use_onednn_linears(self.llm, enabled)
 
     @property
     def packs_weights(self) -> bool:
@@ -416,7 +416,7 @@ class SpeechLLM(nn.Module):
     def compile_for_training(self) -> None:
         """``torch.compile`` the decoder as the training loss calls it (dynamic shapes) and the projector.
         Generation keeps the eager decoder: its growing KV cache would recompile at every length."""
-        self.use_packed_weights(False)  # the compiler picks its own kernels for the decoder's matmuls
+        self.use_onednn_linears(False)  # the compiler picks its own kernels for the decoder's matmuls
         # Kept outside the module tree: a registered compiled copy would duplicate the LLM's state_dict keys.
         self.__dict__["_compiled_decoder"] = torch.compile(self.llm.get_decoder(), dynamic=True)
         self.projector.compile(dynamic=True)

@@ -260,7 +260,7 @@ class Trainer:
         if self.dist.enabled and self.cfg.train.parallel == "fsdp":
             if any(p.requires_grad for p in model.llm.parameters()):
                 raise ValueError("train.parallel=fsdp shards a frozen LLM; it does not support llm.lora.enabled=true yet")
-            model.use_packed_weights(False)  # sharded weights are gathered anew for every pass: nothing to pack once
+            model.use_onednn_linears(False)  # sharded weights are gathered anew for every pass: nothing to pack once
             distributed.shard_llm(model.llm)
         if self.cfg.train.compile:
             model.compile_for_training()

@@ -13,7 +13,7 @@ from harness.bench.bench import BenchSetup, run_bench
 from harness.data.manifest import write_manifest
 from harness.bench.flops import step_flops
 from harness.models import build_model
-from harness.models.fast import packed
+from harness.models.fast import onednn as packed
 
 
 @pytest.mark.parametrize("share_prefix", [True, False])
@@ -23,7 +23,7 @@ def test_step_flop_count_equals_pytorchs_counter(utts_by_duration, share_prefix:
     the batch (forward only) or once per utterance (forward and backward, the reference way)."""
     model = build_model(tiny_config("adapter.hidden=48"))
     model.llm.set_attn_implementation("eager")
-    model.use_packed_weights(False)  # the counter sees aten matmuls, not oneDNN's packed linear
+    model.use_onednn_linears(False)  # the counter sees aten matmuls, not oneDNN's packed linear
     model.share_prefix = share_prefix
     model.train()
     utts = [utts_by_duration[2], utts_by_duration[2]]  # equal lengths: no padding

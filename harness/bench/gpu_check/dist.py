@@ -41,7 +41,7 @@ def check(parallel: str, shape: gm.Shape, device: torch.device, dist: distribute
     whole = gm.build_model(shape, device).train()
     for m in (model, whole):
         gm.settings(m, "ours")
-        m.use_packed_weights(False)
+        m.use_onednn_linears(False)
     if parallel == "fsdp":
         distributed.shard_llm(model.llm)
     pool = gm.synthetic_pool(shape, n=4, seed=5)

@@ -151,7 +151,7 @@ def settings(model, variant: str) -> dict[str, Any]:
     model.encoder.input_mode = "native" if ours else "pad30"  # reference: log-mel padded to 30 s
     model.full_vocab_logits = not ours  # reference: the LM head over every position
     model.share_prefix = ours  # reference: the prompt prefix runs in every row
-    model.use_packed_weights(ours and model.prefix_ids.device.type == "cpu")
+    model.use_onednn_linears(ours and model.prefix_ids.device.type == "cpu")
     return {"input_mode": model.encoder.input_mode, "encoder_cached": ours, "full_vocab_logits": model.full_vocab_logits,
             "share_prefix": model.shares_prefix, "packed_weights": model.packs_weights,
             "batches": "by audio seconds, bucketed by length" if ours else "fixed count, random lengths"}

@@ -210,7 +210,7 @@ def _grad_steps(model, pool: gm.Pool, order: list[list[int]], amp: bool) -> dict
     device = model.prefix_ids.device
     model.train()
     gm.settings(model, "ours")
-    model.use_packed_weights(False)  # the plain fp32 path is the reference
+    model.use_onednn_linears(False)  # the plain fp32 path is the reference
     opt = gm.optimizer(model, lr=1e-3)
     params = [p for p in model.parameters() if p.requires_grad]
     before = torch.cat([p.detach().reshape(-1).double().cpu() for p in params])

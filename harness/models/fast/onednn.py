@@ -105,7 +105,7 @@ def _forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return _FrozenLinear.apply(x, self)
 
 
-def use_packed_linears(module: nn.Module, enabled: bool = True) -> int:
+def use_onednn_linears(module: nn.Module, enabled: bool = True) -> int:
     """Route the frozen ``nn.Linear`` layers under ``module`` through packed weights (or back to
     ``F.linear`` with ``enabled=False``, dropping the packed copies). Returns how many layers changed.
 
@@ -114,7 +114,7 @@ def use_packed_linears(module: nn.Module, enabled: bool = True) -> int:
         >>> lin = nn.Linear(16, 8).requires_grad_(False)
         >>> x = torch.randn(4, 16)
         >>> plain = lin(x)
-        >>> use_packed_linears(lin) == int(available())
+        >>> use_onednn_linears(lin) == int(available())
         True
         >>> torch.allclose(lin(x), plain, atol=1e-5)
         True
