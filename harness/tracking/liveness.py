@@ -21,7 +21,7 @@ log = logging.getLogger("harness.tracking")
 CLAIM_TIMEOUT = 300.0
 """Seconds without a heartbeat after which a RUNNING cell counts as abandoned."""
 HEARTBEAT_EVERY = 30.0
-CLAIM_SETTLE = 1.0
+CLAIM_SETTLE = 0.5
 """Seconds a contender waits before reading the other contenders: longer than a store's commit takes."""
 
 
