@@ -74,3 +74,37 @@ def test_real_registries() -> None:
     assert PROJECTORS.get("linear") is LinearProjector
     with pytest.raises(RegistryError, match="did you mean 'conv1d'"):
         PROJECTORS.get("conv1")
+
+
+def test_a_registry_with_a_base_type_refuses_anything_else() -> None:
+    from harness.registry import Registry
+
+    class Base: ...
+
+    class Child(Base): ...
+
+    classes, values = Registry("thing", Base), Registry("value", Base)
+    classes.add("child", Child)
+    values.add("one", Child())
+    with pytest.raises(TypeError, match="thing 'str': expected a Base"):
+        classes.add("str", str)
+    with pytest.raises(TypeError, match="value 'two': expected a Base"):
+        values.add("two", 2)
+    assert classes.names() == ["child"] and values.names() == ["one"]  # nothing half-added
+
+
+def test_replaced_swaps_an_entry_for_a_block_and_always_restores_it() -> None:
+    from harness.registry import Registry
+
+    reg = Registry("thing", int)
+    reg.add("a", 1)
+    with reg.replaced("a", 2):
+        assert reg["a"] == 2
+    assert reg["a"] == 1
+    with pytest.raises(RuntimeError), reg.replaced("a", 3):
+        raise RuntimeError("boom")
+    assert reg["a"] == 1
+    with pytest.raises(TypeError):
+        with reg.replaced("a", "not an int"):
+            pass
+    assert reg["a"] == 1
