@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from harness.experiments.grid import cell_status, find_cell_runs
@@ -248,6 +249,45 @@ def load_transcripts(run_id: str, split: str, *, tracking_uri: str | None = None
     df["errors"] = df["errors"].astype(int)
     df["ref_words"] = df["ref_words"].astype(int)
     return df
+
+
+class TranscriptCache:
+    """:func:`load_transcripts` remembered per (run, split): a report reads each table once."""
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self._tables: dict[tuple[str, str], pd.DataFrame] = {}
+
+    def get(self, run_id: str, split: str) -> pd.DataFrame:
+        key = (run_id, split)
+        if key not in self._tables:
+            self._tables[key] = load_transcripts(run_id, split, tracking_uri=self.tracking_uri)
+        return self._tables[key]
+
+
+def error_matrix(tables: Sequence[pd.DataFrame]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Transcript tables of several runs (from :func:`load_transcripts`) on the utterances they all decoded:
+    a (runs, utterances) matrix of errors, the utterances' reference word counts, and their ids (sorted).
+
+    Example::
+
+        >>> errors, words, ids = error_matrix([load_transcripts(r, "test-clean") for r in run_ids])  # doctest: +SKIP
+        >>> errors.sum() / (words.sum() * len(run_ids))  # the WER pooled over the runs  # doctest: +SKIP
+    """
+    if not tables:
+        return np.zeros((0, 0), dtype=np.int64), np.zeros(0, dtype=np.int64), []
+    indexed = [t.set_index("id") for t in tables]
+    ids = indexed[0].index
+    for t in indexed[1:]:
+        ids = ids.intersection(t.index)
+    ids = sorted(ids)
+    errors = np.array([t.loc[ids, "errors"].to_numpy(np.int64) for t in indexed]).reshape(len(indexed), len(ids))
+    words = indexed[0].loc[ids, "ref_words"].to_numpy(np.int64)
+    for t, run in zip(indexed[1:], range(1, len(indexed))):
+        if not np.array_equal(t.loc[ids, "ref_words"].to_numpy(np.int64), words):
+            raise ValueError(f"transcript table {run} scores utterances against other references than table 0 "
+                             "(a different normaliser or test set)")
+    return errors, words, ids
 
 
 @contextlib.contextmanager

@@ -4,8 +4,9 @@
 transcripts, draws every figure that applies, renders the tables beside the paper's numbers and
 writes::
 
-    <out_dir>/report.html           figures embedded (base64 PNG), tables, study YAML, missing cells
-    <out_dir>/tables/*.md|.tex|.csv
+    <out_dir>/report.html           findings, figures embedded (base64 PNG), tables, study YAML, missing cells
+    <out_dir>/tables/*.md|.tex|.csv  findings.* when the study declares findings (analysis.findings),
+                                    replicates.* when it has seeds (analysis.replicates)
     <out_dir>/figures/*.png|.svg
     <out_dir>/runs.csv              the runs DataFrame (one row per cell run)
 
@@ -25,8 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import data, figures, tables
-from harness.experiments.study import Study
+from analysis import data, figures, findings, replicates, tables
+from harness.experiments.study import REPLICATE_KEY, Study
 
 log = logging.getLogger("analysis.report")
 
@@ -129,6 +130,9 @@ def write_report(
 
     written: list[Path] = []
     table_list = build_tables(runs)
+    lead = _finding_tables(study, runs, histories, uri, n_resamples)
+    for t in lead:
+        written += list(t.save(tab_dir).values())
     for t in table_list:
         written += list(t.save(tab_dir).values())
     figs = figures.all_figures(runs, histories, out_dir=fig_dir) if len(runs) else []
@@ -149,6 +153,7 @@ def write_report(
         f'<p class="meta">Experiment <code>{html.escape(study.experiment)}</code>; {len(study.cells)} cells, '
         f"{n_done} finished; generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.</p>",
         "<h2>Cells without a finished run</h2>", _missing_html(missing, len(study.cells)),
+        *(["<h2>Findings</h2>", *[t.to_html() for t in lead]] if lead else []),
         "<h2>Tables</h2>",
         *[t.to_html() for t in table_list],
         "<h2>Figures</h2>",
@@ -178,6 +183,18 @@ def write_report(
     if log_to_mlflow:
         _log_to_parent(study, uri, out, written)
     return page
+
+
+def _finding_tables(study: Study, runs: pd.DataFrame, histories: pd.DataFrame, uri: str,
+                    n_resamples: int) -> list[tables.Table]:
+    """The findings table when the study declares findings, the arms-over-seeds table when it has replicates."""
+    out = []
+    if study.findings:
+        out.append(findings.findings_table(findings.evaluate_findings(study, runs=runs, tracking_uri=uri,
+                                                                      n_resamples=n_resamples)))
+    if REPLICATE_KEY in study.axis_keys and len(runs):
+        out.append(replicates.replicates_table(runs, histories, tracking_uri=uri, n_resamples=n_resamples))
+    return out
 
 
 def _log_to_parent(study: Study, uri: str, out: Path, files: list[Path]) -> None:

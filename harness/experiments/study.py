@@ -47,9 +47,12 @@ from harness.config import (
     setting_type,
     show,
 )
+from harness.experiments.findings import Finding, parse_findings
 from harness.registry import did_you_mean
 
-_STUDY_KEYS = ("name", "description", "base", "axes", "zip", "include", "exclude", "tracking", "search")
+_STUDY_KEYS = ("name", "description", "base", "axes", "zip", "include", "exclude", "seeds", "findings", "tracking",
+               "search")
+REPLICATE_KEY = "train.seed"  # the axis ``seeds`` writes: replicates of one arm, not a factor
 _TRACKING_KEYS = ("experiment",)
 # A study's name (and its MLflow experiment) becomes a folder under the runs root and a quoted
 # string in MLflow search filters: no separators, no quotes, no leading dot.
@@ -85,6 +88,15 @@ class Study:
     cells: tuple[Cell, ...]
     experiment: str
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    seeds: tuple[int, ...] = ()
+    """The ``seeds`` section: every cell of the grid runs once per seed (the ``train.seed`` axis)."""
+    findings: tuple[Finding, ...] = ()
+    """The claims the study tests (see :mod:`harness.experiments.findings`)."""
+
+    @property
+    def factor_keys(self) -> tuple[str, ...]:
+        """The axes that are factors: every axis but the replicate seed."""
+        return tuple(k for k in self.axis_keys if k != REPLICATE_KEY)
 
 
 def _short(key: str, value: Any) -> str:
@@ -190,16 +202,44 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     base_cfg = build_config(_deep_copy(base), where=_cell_where(where, {}))
 
     groups, product_keys = _groups(raw, where)
+    seeds = _seeds(raw, where, product_keys)
+    if seeds:
+        groups.append([{REPLICATE_KEY: (s, f"seeds[{i}]")} for i, s in enumerate(seeds)])
+        product_keys.append(REPLICATE_KEY)
     _check_overrides(where, product_keys)
     product = [{k: v for part in combo for k, v in part.items()} for combo in itertools.product(*groups)]
     product = _drop_excluded(product, raw, where, product_keys)
     includes = _includes(raw, where)
+    if seeds:  # an include is a cell like any other: it runs once per seed too
+        includes = [{**inc, REPLICATE_KEY: (s, f"seeds[{i}]")} for inc in includes for i, s in enumerate(seeds)]
     axis_keys = list(dict.fromkeys([*product_keys, *(k for inc in includes for k in inc)]))
+    if seeds:  # the replicate last: run names read "k5|frozen|seed=2"
+        axis_keys = [k for k in axis_keys if k != REPLICATE_KEY] + [REPLICATE_KEY]
     cells = _cells([*product, *includes], base, base_cfg, axis_keys, set(product_keys), where)
+    axis_values = {k: list(dict.fromkeys(c.values[k] for c in cells)) for k in axis_keys}
     return Study(
         name=name, path=path, description=description or "", base=base,
         axis_keys=tuple(axis_keys), cells=tuple(cells), experiment=experiment, raw=raw,
+        seeds=tuple(seeds), findings=parse_findings(raw.get("findings"), where, axis_values),
     )
+
+
+def _seeds(raw: dict, where: SourceMap, product_keys: list[str]) -> list[int]:
+    """The ``seeds`` section: distinct non-negative integers; then ``train.seed`` is no axis of its own."""
+    if raw.get("seeds") is None:
+        return []
+    seeds = _check_list(raw["seeds"], "seeds", where, "seeds")
+    for i, s in enumerate(seeds):
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise ConfigError(f"{where(f'seeds[{i}]')}seeds[{i}]: expected a non-negative integer seed, got {show(s)}")
+    if len(set(seeds)) < len(seeds):
+        raise ConfigError(f"{where('seeds')}seeds: {show(seeds)} repeats a seed; a replicate is one seed")
+    clash = [k for k in product_keys if k == REPLICATE_KEY]
+    inc = [k for i, e in enumerate(_entries(raw, "include", where)) for k in e if k == REPLICATE_KEY]
+    if clash or inc:
+        raise ConfigError(f"{where('seeds')}seeds: {REPLICATE_KEY} is also set by axes, zip or include; "
+                          "give the replicate seeds in one place")
+    return seeds
 
 
 def _groups(raw: dict, where: SourceMap) -> tuple[list[list[Choice]], list[str]]:

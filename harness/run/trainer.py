@@ -4,18 +4,14 @@ The runner is deliberately thin. Each ``_setup_x`` returns one object; :meth:`Tr
 loop (gradient accumulation, clipping, per-step metrics, periodic evaluation, checkpoints, early
 stopping); :meth:`Trainer.finish` decodes the test splits and saves the trained weights.
 
-A checkpoint holds the trainable weights (safetensors) plus optimizer, scheduler, RNG state and the
-position in the data order, so a resumed run continues exactly where it stopped. Checkpoints are
-written to a temporary folder and renamed into place: a crash while writing leaves the previous one.
+A checkpoint (:mod:`harness.run.checkpoint`) holds the trainable weights plus optimizer, scheduler, RNG
+state and the position in the data order, so a resumed run continues exactly where it stopped.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
-import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,10 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from harness.run import distributed
+from harness.run import checkpoint, distributed
+from harness.run.checkpoint import CheckpointError
 from harness.config import RunConfig, config_hash, execution_dict, flatten, legacy_hash, to_yaml
 from harness.data.batching import batches_by_count, batches_by_duration, batches_shortest_first
 from harness.data.manifest import Utterance, check_audio_files, read_manifest
@@ -72,10 +69,6 @@ class _GracefulStop:
 
         for sig, old in self._old.items():
             signal.signal(sig, old)
-
-
-class CheckpointError(RuntimeError):
-    """A run's checkpoint exists but cannot be read (names the file)."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -481,7 +474,7 @@ class Trainer:
         final.update(emergence.as_metrics())
         self.tracker.log_metrics(final, step=self.state.step)
         plot_curve(steps, accs, emergence, str(self.out_dir / "accuracy_curve.png"), title=self.hash[:12])
-        save_file(_contiguous(self.model.trainable_state_dict()), str(self.out_dir / "trainable.safetensors"))
+        save_file(checkpoint.contiguous(self.model.trainable_state_dict()), str(self.out_dir / "trainable.safetensors"))
         for name in ("config.yaml", "trainable.safetensors", "accuracy_curve.png"):
             self.tracker.log_artifact(self.out_dir / name)
         self.save_checkpoint()  # also flushes the tracker
@@ -496,64 +489,30 @@ class Trainer:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     # ------------------------------------------------------------------ checkpoints
-    @property
-    def ckpt_dir(self) -> Path:
-        return self.out_dir / "checkpoint"
-
     def save_checkpoint(self) -> None:
         if not self.dist.is_main:
             return
-        tmp = self.out_dir / "checkpoint.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_file(_contiguous(self.model.trainable_state_dict()), str(tmp / "trainable.safetensors"))
-        torch.save(
-            {
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "torch_rng": torch.random.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "python_rng": random.getstate(),
-                "state": asdict(self.state),
-                "pending_metrics": self.tracker.pending(),  # see harness.tracking.trackers: nothing lost, nothing twice
-            },
-            tmp / "state.pt",
-        )
-        old = self.out_dir / "checkpoint.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if self.ckpt_dir.exists():
-            os.replace(self.ckpt_dir, old)
-        os.replace(tmp, self.ckpt_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        checkpoint.save(self.out_dir, self.model.trainable_state_dict(), {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            **checkpoint.rng_state(),
+            "state": asdict(self.state),
+            "pending_metrics": self.tracker.pending(),  # see harness.tracking.trackers: nothing lost, nothing twice
+        })
         self.tracker.flush()  # everything the tracker holds is now covered by this checkpoint
 
-    def _read_checkpoint(self, ckpt: Path) -> tuple[dict[str, torch.Tensor], dict]:
-        files = (ckpt / "trainable.safetensors", ckpt / "state.pt")
-        try:
-            weights = load_file(str(files[0]), device=str(self.device))
-        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-            raise CheckpointError(f"checkpoint file {files[0]} is unreadable ({e}); remove {ckpt} to train this run from step 0") from e
-        try:
-            blob = torch.load(files[1], map_location=self.device, weights_only=True)
-        except Exception as e:  # noqa: BLE001 - truncated zip, bad pickle, refused object
-            raise CheckpointError(f"checkpoint file {files[1]} is unreadable ({e}); remove {ckpt} to train this run from step 0") from e
-        return weights, blob
-
     def _load_checkpoint(self) -> TrainState | None:
-        ckpt = self.ckpt_dir if self.ckpt_dir.exists() else self.out_dir / "checkpoint.old"
-        if not (ckpt / "state.pt").exists():
+        found = checkpoint.load(self.out_dir, self.device)
+        if found is None:
             return None
-        weights, blob = self._read_checkpoint(ckpt)
+        ckpt, weights, blob = found
         missing = set(self.model.trainable_state_dict()) - set(weights)
         if missing:
             raise CheckpointError(f"checkpoint {ckpt} lacks trainable weights {sorted(missing)[:5]}")
         self.model.load_state_dict(weights, strict=False)
         self.optimizer.load_state_dict(blob["optimizer"])
         self.scheduler.load_state_dict(blob["scheduler"])
-        torch.random.set_rng_state(blob["torch_rng"].cpu())
-        if blob["cuda_rng"]:
-            torch.cuda.set_rng_state_all(blob["cuda_rng"])
-        random.setstate(blob["python_rng"])
+        checkpoint.restore_rng(blob)
         self.tracker.restore(blob.get("pending_metrics", []))
         self.tracker.flush()
         log.info("resumed from %s at step %d", ckpt, blob["state"]["step"])
@@ -561,10 +520,6 @@ class Trainer:
 
     def cleanup(self) -> None:
         self.tracker.flush()
-
-
-def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 
 def run_training(

@@ -30,7 +30,8 @@ from harness.experiments.grid import find_cell_runs, run_study
 from harness.tracking.store import make_client
 from harness.experiments.study import load_study
 from harness.tracking.trackers import MlflowTracker
-from harness.run.trainer import CheckpointError, Trainer, run_training
+from harness.run.checkpoint import CheckpointError
+from harness.run.trainer import Trainer, run_training
 
 ROOT = Path(__file__).resolve().parents[2]
 

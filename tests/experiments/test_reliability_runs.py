@@ -16,7 +16,8 @@ from harness.data.manifest import write_manifest
 from harness.experiments.grid import run_study
 from harness.tracking.store import make_client
 from harness.experiments.study import load_study
-from harness.run.trainer import CheckpointError, Trainer
+from harness.run.checkpoint import CheckpointError
+from harness.run.trainer import Trainer
 
 from tests.experiments.test_reliability import (
     _manifests,
