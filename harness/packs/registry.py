@@ -27,6 +27,9 @@ class PackSpec:
     description: str
     converter: Callable[["PackSpec", Path], None] = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
     """Writes a complete Hugging Face folder for this pack into the given folder (set by :func:`register`)."""
+    default: bool = True
+    """Installed and converted by ``harness packs install`` / ``convert`` without names (set up by ``.ci/setup``);
+    a large pack is False: installed when named (``harness packs install <name>``)."""
 
 
 PACKS: Registry[PackSpec] = Registry("pack", PackSpec)

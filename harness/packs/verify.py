@@ -68,6 +68,7 @@ _LLM_PROMPTS = {  # (prompt, use chat template)
     "smollm2-135m-instruct": ("What is the capital of France?", True),
     "gemma3-270m": ("Once upon a time,", False),
     "qwen2.5-coder-0.5b-instruct": ("What is the capital of France?", True),
+    "qwen2.5-coder-1.5b-instruct": ("What is the capital of France?", True),
 }
 
 

@@ -149,3 +149,17 @@ def test_replicates_table_groups_seeds(store, results):
         runs.iloc[:3].eval("`test/test-clean/wer` * `test/test-clean/ref_words`").sum()
         / runs.iloc[:3]["test/test-clean/ref_words"].sum())
     assert not math.isnan(row["test/test-clean/wer_lo"])
+
+
+def test_the_report_command_prints_the_findings_table(store, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HARNESS_CACHE": str(store["tmp"] / "cache")}
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "study", "report", str(store["study"]),
+                          "--out", str(tmp_path / "r"), "--tracking-uri", store["uri"]],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "**Findings**" in out.stdout and "| a 1-token cap inserts fewer words |" in out.stdout
+    assert out.stdout.rstrip().endswith("report.html")
