@@ -142,6 +142,18 @@ def write_report(
     runs.to_csv(runs_csv, index=False)
     written.append(runs_csv)
 
+    page = out / "report.html"
+    page.write_text(_page(study, runs, missing, lead, table_list, figs), encoding="utf-8")
+    written.append(page)
+
+    if log_to_mlflow:
+        _log_to_parent(study, uri, out, written)
+    return page
+
+
+def _page(study: Study, runs: pd.DataFrame, missing: pd.DataFrame, lead: list[tables.Table],
+          table_list: list[tables.Table], figs: list[figures.FigureResult]) -> str:
+    """The HTML page: the findings tables (``lead``), the other tables, figures, the paper, the study file."""
     drawn = [f for f in figs if not f.skipped]
     skipped = [f for f in figs if f.skipped]
     n_done = int((runs["status"] == "FINISHED").sum()) if len(runs) else 0
@@ -176,13 +188,7 @@ def write_report(
         "<h2>Study file</h2>", f"<pre>{html.escape(study.path.read_text())}</pre>",
         "</body></html>",
     ]
-    page = out / "report.html"
-    page.write_text("\n".join(p for p in parts if p), encoding="utf-8")
-    written.append(page)
-
-    if log_to_mlflow:
-        _log_to_parent(study, uri, out, written)
-    return page
+    return "\n".join(p for p in parts if p)
 
 
 def _finding_tables(study: Study, runs: pd.DataFrame, histories: pd.DataFrame, uri: str,

@@ -197,6 +197,17 @@ def _open_search(storage: str, study_name: str, spec: SearchSpec, where: Any) ->
     return optuna_study, search_id
 
 
+def _budget(spec, n_trials: int | None, timeout: float | None, where) -> tuple[int | None, float | None]:
+    """Trials and seconds the search runs for: the command line's, else the study file's (a grid: its size)."""
+    total = n_trials if n_trials is not None else spec.n_trials
+    if total is None and spec.sampler == "grid":
+        total = math.prod(len(v) for v in spec.grid().values())
+    timeout = timeout if timeout is not None else spec.timeout
+    if total is None and timeout is None:
+        raise ConfigError(f"{where('search')}search: set n_trials or timeout (or pass --n-trials), or the search never ends")
+    return total, timeout
+
+
 def run_search(
     study: Study,
     *,
@@ -233,12 +244,7 @@ def run_search(
         raise ConfigError(f"--workers: expected >= 1, got {workers}")
     _, where = read_yaml(study.path)
     spec = load_search(study)
-    total = n_trials if n_trials is not None else spec.n_trials
-    if total is None and spec.sampler == "grid":
-        total = math.prod(len(v) for v in spec.grid().values())
-    timeout = timeout if timeout is not None else spec.timeout
-    if total is None and timeout is None:
-        raise ConfigError(f"{where('search')}search: set n_trials or timeout (or pass --n-trials), or the search never ends")
+    total, timeout = _budget(spec, n_trials, timeout, where)
     explicit = storage is not None
     storage = resolve_storage(storage, workers=workers)
     check_default_storages(storage, study_name or study.name, explicit=explicit)
