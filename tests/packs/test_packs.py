@@ -21,7 +21,8 @@ WHISPER = ["whisper-tiny.en", "whisper-base"]
 LLMS = ["smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"]
 ON_DEMAND = ["qwen2.5-coder-1.5b-instruct"]  # 1.1 GB: installed when named, not by .ci/setup
 # Qwen's GGUF ships its own output.weight (Q8_0, the embeddings are Q5_0), so its LM head is untied.
-TIED = {"smollm2-135m-instruct": True, "gemma3-270m": True, "qwen2.5-coder-0.5b-instruct": False}
+TIED = {"smollm2-135m-instruct": True, "gemma3-270m": True, "qwen2.5-coder-0.5b-instruct": False,
+        "qwen2.5-coder-1.5b-instruct": False}
 
 
 def _converted_pack(name: str):
