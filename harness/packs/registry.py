@@ -27,6 +27,9 @@ class PackSpec:
     description: str
     converter: Callable[["PackSpec", Path], None] = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
     """Writes a complete Hugging Face folder for this pack into the given folder (set by :func:`register`)."""
+    transcribe: Callable[[Path, list[Path]], list[str]] | None = field(default=None, compare=False, repr=False)
+    """An encoder pack's own end-to-end transcriber (converted folder, audio files -> texts) for
+    ``harness packs verify``; None: Whisper's (:func:`harness.packs.verify.transcribe`)."""
     default: bool = True
     """Installed and converted by ``harness packs install`` / ``convert`` without names (set up by ``.ci/setup``);
     a large pack is False: installed when named (``harness packs install <name>``)."""
@@ -35,6 +38,8 @@ class PackSpec:
 PACKS: Registry[PackSpec] = Registry("pack", PackSpec)
 
 
-def register(spec: PackSpec, converter: Callable[[PackSpec, Path], None]) -> None:
-    """Add a pack and its converter (one call per pack, in the module of its format)."""
-    PACKS.add(spec.name, dataclasses.replace(spec, converter=converter))
+def register(spec: PackSpec, converter: Callable[[PackSpec, Path], None], *,
+             transcribe: Callable[[Path, list[Path]], list[str]] | None = None) -> None:
+    """Add a pack and its converter (one call per pack, in the module of its format); an encoder pack that is
+    not Whisper also gives its own ``transcribe`` (to prove its conversion)."""
+    PACKS.add(spec.name, dataclasses.replace(spec, converter=converter, transcribe=transcribe))

@@ -1,4 +1,4 @@
-"""Proving a converted pack works end to end: Whisper packs transcribe real speech, LLM packs answer a prompt."""
+"""Proving a converted pack works end to end: encoder packs transcribe real speech, LLM packs answer a prompt."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -75,7 +75,7 @@ _LLM_PROMPTS = {  # (prompt, use chat template)
 def verify(name: str, *, limit: int | None = None, data_dir: Path | None = None, verbose: bool = False) -> float | str:
     """Prove a pack's conversion end to end (converting it first if needed).
 
-    Whisper packs: greedy-transcribe the LibriSpeech utterances under data_dir (default: the shared
+    Encoder packs (with Whisper's decoder, or the pack's own ``transcribe``): greedy-transcribe the LibriSpeech utterances under data_dir (default: the shared
     librispeech-mini, at most `limit` of them) and return the WER (a fraction, after LibriSpeech-style
     normalisation). LLM packs: return a short greedy answer to a fixed prompt. `verbose` prints
     every reference/hypothesis pair (or the prompt).
@@ -96,7 +96,7 @@ def verify(name: str, *, limit: int | None = None, data_dir: Path | None = None,
     if not utts:
         raise FileNotFoundError(f"no LibriSpeech utterances found under {data_dir or default_librispeech_dir()}")
     utts = utts[:limit] if limit is not None else utts
-    hyps = transcribe(folder, [p for p, _ in utts])
+    hyps = (spec.transcribe or transcribe)(folder, [p for p, _ in utts])
     refs = [normalize_librispeech(t) for _, t in utts]
     hyps_norm = [normalize_librispeech(h) for h in hyps]
     wer = jiwer.wer(refs, hyps_norm)

@@ -8,10 +8,11 @@ valid frames of utterance ``b``. Frame counts always come from the model's own c
 An encoder family is one class plus one registration line, keyed by the Hugging Face
 ``model_type`` of its config, so ``hf:``, ``pack:`` and ``tiny:`` references all resolve here.
 
-One module a family: :mod:`~.base` (the interface, the registry), :mod:`~.whisper`, :mod:`~.ssl`.
+One module a family: :mod:`~.base` (the interface, the registry), :mod:`~.whisper`, :mod:`~.ssl`, :mod:`~.moonshine`.
 """
 from harness.models.encoders.base import ENCODERS, SpeechEncoder
+from harness.models.encoders.moonshine import MoonshineSpeechEncoder
 from harness.models.encoders.ssl import HubertSpeechEncoder, SSLSpeechEncoder, Wav2Vec2SpeechEncoder, WavLMSpeechEncoder
 from harness.models.encoders.whisper import WhisperSpeechEncoder
 
-__all__ = ["ENCODERS", "HubertSpeechEncoder", "SSLSpeechEncoder", "SpeechEncoder", "Wav2Vec2SpeechEncoder", "WavLMSpeechEncoder", "WhisperSpeechEncoder"]
+__all__ = ["ENCODERS", "HubertSpeechEncoder", "MoonshineSpeechEncoder", "SSLSpeechEncoder", "SpeechEncoder", "Wav2Vec2SpeechEncoder", "WavLMSpeechEncoder", "WhisperSpeechEncoder"]
