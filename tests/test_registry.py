@@ -68,7 +68,7 @@ def test_empty_registry_says_so() -> None:
 
 def test_real_registries() -> None:
     assert PROJECTORS.names() == ["conv1d", "linear", "qformer"]
-    assert ENCODERS.names() == ["hubert", "wav2vec2", "wavlm", "whisper"]
+    assert ENCODERS.names() == ["hubert", "moonshine", "wav2vec2", "wavlm", "whisper"]
     with pytest.raises(RegistryError, match="already registered"):
         PROJECTORS.add("linear", object())
     assert PROJECTORS.get("linear") is LinearProjector
