@@ -77,8 +77,14 @@ def run_study(
     retry_failed: bool = False,
     progress: bool = True,
     claim_timeout: float = CLAIM_TIMEOUT,
+    only: frozenset[str] | None = None,
+    run_tags: dict[str, str] | None = None,
 ) -> list[CellOutcome]:
     """Run every cell that is not done; returns one outcome per cell, in grid order.
+
+    ``only``: the hashes of the cells this worker may run (a SLURM array task runs one); the others are
+    not looked at. ``run_tags``: tags set on the run of every cell this worker trains (a new run or a
+    resumed one; e.g. the SLURM job id and its log paths).
 
     Any number of workers may run the same study against one tracking store at once: each cell
     is claimed atomically (:func:`~harness.tracking.liveness.claim_cell`), so no cell trains twice,
@@ -92,9 +98,12 @@ def run_study(
     parent, _ = parent_run(client, exp_id, _parent_tags(study), run_name=f"study:{study.name}",
                            on_create=lambda run_id: client.log_text(run_id, study.path.read_text(), "study.yaml"))
     env = environment_tags()
+    env = {**env, **(run_tags or {})}
     outcomes: list[CellOutcome] = []
     try:
         for i, cell in enumerate(study.cells, 1):
+            if only is not None and cell.hash not in only:
+                continue
             label = f"[{i}/{len(study.cells)}] {cell.name} ({cell.hash[:12]})"
             outcome = _run_cell(client, exp_id, parent, study, cell, env, label=label, runs_root=runs_root,
                                 retry_failed=retry_failed, progress=progress, claim_timeout=claim_timeout)
@@ -173,6 +182,8 @@ def _take_cell(client, exp_id: str, parent: str, study: Study, cell: Cell, env: 
         if existing:
             run_id = existing.info.run_id
             with_retries(client.update_run, run_id, status="RUNNING")
+            for key, value in env.items():  # who runs it now (host, versions, SLURM job): the latest worker's
+                with_retries(client.set_tag, run_id, key, value)
         else:
             run_tags = {
                 tags.PARENT: parent, tags.KIND: "cell", tags.STUDY: study.name, tags.CELL_HASH: cell.hash,

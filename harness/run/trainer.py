@@ -40,10 +40,11 @@ log = logging.getLogger("harness.train")
 
 
 class _GracefulStop:
-    """SIGINT/SIGTERM during training set a flag that the loop checks between steps: the current
+    """SIGINT/SIGTERM/SIGUSR2 during training set a flag that the loop checks between steps: the current
     step finishes and is logged, a checkpoint is written, then the run stops. (An asynchronous
     KeyboardInterrupt could land between an optimizer step and its bookkeeping.) A second signal
-    stops at once."""
+    stops at once. SIGUSR2 is the warning SLURM sends before a time limit or a preemption (submitit's
+    ``--signal=USR2@90``): the SLURM launcher requeues the task after such a stop."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -60,7 +61,7 @@ class _GracefulStop:
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
                 self._old[sig] = signal.signal(sig, self._handler)
         return self
 

@@ -71,11 +71,11 @@ from harness.experiments.search.trials import (
     MAX_RETRIES,
     tally,
 )
-from harness.experiments.search.workers import run_search, work
+from harness.experiments.search.workers import SearchJob, finish_search, plan_search, run_search, work
 
 __all__ = [
     "ATTR_EMERGENCE", "ATTR_ERROR", "ATTR_RETRY_OF", "ATTR_RUN_ID", "ATTR_SURPLUS", "DEFAULT_JOURNAL", "DEFAULT_SQLITE",
     "EmergenceAwarePruner", "MAX_RETRIES", "METRICS", "Objective", "SearchSpec", "SurplusTrial", "fail_stale_trials", "load_search",
-    "make_objective", "open_storage", "resolve_storage", "run_search", "safe_url", "suggest_config", "tally",
+    "SearchJob", "finish_search", "make_objective", "open_storage", "plan_search", "resolve_storage", "run_search", "safe_url", "suggest_config", "tally",
     "work", "write_plots",
 ]

@@ -88,8 +88,8 @@ def work(
 
 
 @dataclass
-class _WorkerJob:
-    """Everything a worker process needs (picklable for multiprocessing's spawn)."""
+class SearchJob:
+    """Everything a worker needs (picklable: for multiprocessing's spawn, and for SLURM array tasks)."""
 
     study: Study
     spec: SearchSpec
@@ -124,7 +124,7 @@ class _WorkerJob:
               poll=min(5.0, self.heartbeat_interval), storage=self.storage, client=client)
 
 
-def _worker_main(job: _WorkerJob) -> None:
+def _worker_main(job: SearchJob) -> None:
     """Entry point of a spawned worker process."""
     logging.basicConfig(level=logging.INFO, format=f"%(levelname)s worker{job.worker} %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -139,7 +139,7 @@ def _worker_main(job: _WorkerJob) -> None:
         raise SystemExit(130) from None
 
 
-def _run_workers(job: _WorkerJob, workers: int) -> None:
+def _run_workers(job: SearchJob, workers: int) -> None:
     # N workers each using every core would fight over them; split the cores instead.
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = multiprocessing.get_context("spawn")  # fork would copy torch/MLflow state and threads
@@ -208,6 +208,56 @@ def _budget(spec, n_trials: int | None, timeout: float | None, where) -> tuple[i
     return total, timeout
 
 
+def plan_search(
+    study: Study,
+    *,
+    n_trials: int | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    workers: int = 1,
+    tracking_uri: str | None = None,
+    runs_root: str | Path = "runs",
+    timeout: float | None = None,
+    heartbeat_interval: float = 30.0,
+    grace_period: float | None = None,
+    progress: bool = False,
+) -> tuple[optuna.Study, SearchJob]:
+    """Open (or continue) the search's Optuna study and its parent MLflow run; returns them as the job
+    every worker runs (:meth:`SearchJob.run`). :func:`run_search` runs it here; the SLURM launcher
+    (:mod:`harness.experiments.slurm`) in array tasks. Arguments as for :func:`run_search`."""
+    if workers < 1:
+        raise ConfigError(f"--workers: expected >= 1, got {workers}")
+    _, where = read_yaml(study.path)
+    spec = load_search(study)
+    total, timeout = _budget(spec, n_trials, timeout, where)
+    explicit = storage is not None
+    storage = resolve_storage(storage, workers=workers)
+    check_default_storages(storage, study_name or study.name, explicit=explicit)
+    grace = grace_period if grace_period is not None else 4 * heartbeat_interval
+    deadline = time.time() + timeout if timeout is not None else None
+
+    optuna_study, search_id = _open_search(storage, study_name or study.name, spec, where)
+
+    client = make_client(tracking_uri)
+    exp_id = experiment_id(client, study.experiment)
+    parent = _parent_run(client, exp_id, study, spec, optuna_study, search_id, storage)
+    log.info("search %s (%s): %s trials, storage %s, MLflow parent run %s", optuna_study.study_name, search_id,
+             total if total is not None else "unlimited", safe_url(storage), parent)
+    job = SearchJob(
+        study=study, spec=spec, storage=storage, study_name=optuna_study.study_name, search_id=search_id,
+        n_trials=total, deadline=deadline, tracking_uri=tracking_uri, runs_root=str(runs_root),
+        parent_run_id=parent, experiment_id=exp_id, heartbeat_interval=heartbeat_interval,
+        grace_period=grace, progress=progress and workers == 1, threads=None,
+    )
+    return optuna_study, job
+
+
+def finish_search(optuna_study: optuna.Study, job: SearchJob, status: str) -> None:
+    """Write the best trial, the counts and the plots onto the parent run, and close it with ``status``
+    (idempotent: every worker that sees the search complete may call it)."""
+    summarise(optuna_study, job.spec, make_client(job.tracking_uri), job.parent_run_id, status)
+
+
 def run_search(
     study: Study,
     *,
@@ -240,34 +290,15 @@ def run_search(
         >>> len([t for t in s.trials if t.state.is_finished()])  # doctest: +SKIP
         4
     """
-    if workers < 1:
-        raise ConfigError(f"--workers: expected >= 1, got {workers}")
-    _, where = read_yaml(study.path)
-    spec = load_search(study)
-    total, timeout = _budget(spec, n_trials, timeout, where)
-    explicit = storage is not None
-    storage = resolve_storage(storage, workers=workers)
-    check_default_storages(storage, study_name or study.name, explicit=explicit)
-    grace = grace_period if grace_period is not None else 4 * heartbeat_interval
-    deadline = time.time() + timeout if timeout is not None else None
-
-    optuna_study, search_id = _open_search(storage, study_name or study.name, spec, where)
-
-    client = make_client(tracking_uri)
-    exp_id = experiment_id(client, study.experiment)
-    parent = _parent_run(client, exp_id, study, spec, optuna_study, search_id, storage)
-    log.info("search %s (%s): %s trials, storage %s, MLflow parent run %s", optuna_study.study_name, search_id,
-             total if total is not None else "unlimited", safe_url(storage), parent)
-    job = _WorkerJob(
-        study=study, spec=spec, storage=storage, study_name=optuna_study.study_name, search_id=search_id,
-        n_trials=total, deadline=deadline, tracking_uri=tracking_uri, runs_root=str(runs_root),
-        parent_run_id=parent, experiment_id=exp_id, heartbeat_interval=heartbeat_interval,
-        grace_period=grace, progress=progress and workers == 1, threads=None,
+    optuna_study, job = plan_search(
+        study, n_trials=n_trials, storage=storage, study_name=study_name, workers=workers, tracking_uri=tracking_uri,
+        runs_root=runs_root, timeout=timeout, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+        progress=progress,
     )
     status = "FINISHED"
     try:
         if workers == 1:
-            job.run(optuna_study=optuna_study, client=client)
+            job.run(optuna_study=optuna_study)
         else:
             _run_workers(job, workers)
     except KeyboardInterrupt:
@@ -278,7 +309,7 @@ def run_search(
         raise
     finally:
         try:
-            summarise(optuna_study, spec, client, parent, status)
+            finish_search(optuna_study, job, status)
         except Exception:
             if status == "FINISHED":
                 raise
