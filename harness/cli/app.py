@@ -1,9 +1,12 @@
 """The ``harness`` command: one module per command group, one error handler for all of them.
 
     harness quickstart                                   the main job: corpora, then studies/quickstart.yaml
-    harness study run STUDY.yaml [a.b=v ...]             run every cell not done yet (--dry-run: list them)
+    harness study run STUDY.yaml [a.b=v ...]             run every cell not done yet (--dry-run: list them;
+                                                         --launcher slurm: one SLURM job array)
+    harness study status STUDY.yaml                      cells done / running / queued / failed, SLURM jobs, logs
     harness study report STUDY.yaml                      the HTML report: figures, tables with CIs, paper numbers
     harness study search STUDY.yaml [--workers N]        the study's Optuna search, every trial an MLflow run
+                                                         (--launcher slurm: the workers as SLURM array tasks)
     harness study dashboard STUDY.yaml                   optuna-dashboard on the search's storage
     harness train [CONFIG] [a.b=v ...] [--out DIR]       one run
     harness eval RUN_DIR [--split NAME=MANIFEST ...]     decode splits with a trained run, WER by two normalisers

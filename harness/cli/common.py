@@ -266,3 +266,37 @@ tracking_option = click.option(
     "--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."
 )
 """The ``--tracking-uri`` option every command that reads or writes the MLflow store takes."""
+
+
+def slurm_options(fn):
+    """``--launcher`` and the SLURM request options shared by ``study run`` and ``study search``."""
+    opts = [
+        click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+                     help="local: run here; slurm: submit a job array (one task per pending cell, or per search worker)."),
+        click.option("--partition", default=None, help="SLURM partition (default: the cluster's default)."),
+        click.option("--gpus-per-cell", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="GPUs each task requests (--gpus-per-node)."),
+        click.option("--cpus-per-cell", type=POSITIVE_INT, default=None,
+                     help="CPUs each task requests (--cpus-per-task); torch uses that many threads."),
+        click.option("--mem", default=None, help="Memory each task requests, in SLURM's format (16G, 64000M)."),
+        click.option("--time", "time_limit", default="1-00:00:00", show_default=True,
+                     help="Time limit of each task (SLURM format); warned 90 s before, it checkpoints and is requeued."),
+        click.option("--max-parallel", type=POSITIVE_INT, default=None, help="At most this many tasks at once."),
+        click.option("--slurm", "slurm_extra", multiple=True, metavar="NAME=VALUE",
+                     help="Any other sbatch option, e.g. --slurm account=speech --slurm qos=high (repeatable)."),
+        click.option("--slurm-logs", default="slurm-logs", show_default=True,
+                     help="Folder for each task's stdout/stderr (on a filesystem the nodes share)."),
+        click.option("--wait", is_flag=True, help="With --launcher slurm: wait until every task has ended."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def make_slurm_options(partition, gpus_per_cell, cpus_per_cell, mem, time_limit, max_parallel, slurm_extra, slurm_logs):
+    """The :class:`~harness.experiments.slurm.SlurmOptions` the command line asked for (bad values: one line)."""
+    from harness.experiments.slurm import SlurmOptions, parse_extra, parse_time
+
+    return SlurmOptions(partition=partition, gpus_per_cell=gpus_per_cell, cpus_per_cell=cpus_per_cell, mem=mem,
+                        time_min=parse_time(time_limit), max_parallel=max_parallel, extra=parse_extra(slurm_extra),
+                        logs=slurm_logs)

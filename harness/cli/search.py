@@ -18,7 +18,8 @@ from pathlib import Path
 
 import click
 
-from harness.cli.common import POSITIVE_INT, PORT, POSITIVE_SECONDS, ensure_port_free, friendly as _friendly, run_server
+from harness.cli.common import (POSITIVE_INT, PORT, POSITIVE_SECONDS, ensure_port_free, friendly as _friendly,
+                                make_slurm_options, run_server, slurm_options)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -45,16 +46,24 @@ def _ensure_logging() -> None:
 @click.option("--timeout", type=POSITIVE_SECONDS, default=None,
               help="Seconds (> 0) after which no new trial starts (default: search.timeout).")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on for one worker).")
+@slurm_options
 @_friendly
 def search_command(study_file: str, n_trials: int | None, storage: str | None, study_name: str | None, workers: int,
-                   tracking_uri: str | None, runs_root: str, timeout: float | None, progress: bool | None) -> None:
-    """Run (or continue) the Optuna search of STUDY_FILE; every trial is an MLflow run."""
+                   tracking_uri: str | None, runs_root: str, timeout: float | None, progress: bool | None,
+                   launcher: str = "local", wait: bool = False, **slurm) -> None:
+    """Run (or continue) the Optuna search of STUDY_FILE; every trial is an MLflow run. With --launcher slurm,
+    the --workers are SLURM array tasks on the study's shared storage (a database URL or a journal file)."""
     from optuna.trial import TrialState
 
     from harness.experiments.search import resolve_storage, run_search, safe_url
     from harness.experiments.study import load_study
 
     _ensure_logging()
+    if launcher == "slurm":
+        _submit_search(load_study(study_file), make_slurm_options(**slurm), wait=wait, n_trials=n_trials,
+                       storage=storage, study_name=study_name, workers=workers, tracking_uri=tracking_uri,
+                       runs_root=runs_root, timeout=timeout)
+        return
 
     def stop(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -113,6 +122,29 @@ def _dashboard_executable() -> list[str]:
     if found:
         return [found]
     raise click.ClickException("optuna-dashboard is not installed: pip install optuna-dashboard")
+
+
+def _submit_search(st, opts, *, wait: bool, workers: int, storage: str | None, **plan) -> None:
+    from harness.experiments.search import plan_search, tally
+    from harness.experiments.slurm import submit_search
+
+    if storage is None:
+        storage = "optuna-journal.log"  # workers in several processes (and nodes): never the single-writer SQLite
+    if storage.startswith("sqlite"):
+        raise click.UsageError("--launcher slurm: --storage must be a journal file or a database server URL "
+                               "(SQLite is unsafe for workers on several processes)")
+    plan["runs_root"] = str(Path(plan["runs_root"]).resolve())
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())  # the tasks' working directory may differ
+    optuna_study, job = plan_search(st, storage=storage, workers=workers, **plan)
+    sub = submit_search(job, opts, workers)
+    click.echo(f"search {job.study_name}: submitted {workers} SLURM workers ({', '.join(sub.job_ids)}); logs in {sub.logs_dir}")
+    if wait:
+        states = sub.wait()
+        n = tally(optuna_study)
+        click.echo("ended: " + ", ".join(f"{j} {s}" for j, s in states.items()) + f"; {n['counted']} trials counted")
+        if any(s not in ("COMPLETED", "ENDED") for s in states.values()):
+            raise SystemExit(1)
 
 
 @click.command("dashboard")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from harness.cli.common import POSITIVE_INT, FiniteFloatRange, tracking_option
+from harness.cli.common import POSITIVE_INT, FiniteFloatRange, make_slurm_options, slurm_options, tracking_option
 from harness.cli.data import SYNTH_CORPORA, make_corpus
 
 
@@ -33,19 +33,26 @@ def _fmt_emergence(metrics: dict[str, float]) -> str:
 @study.command("run")
 @click.argument("study_file", type=click.Path(exists=True, dir_okay=False))
 @click.argument("overrides", nargs=-1)
-@click.option("--dry-run", is_flag=True, help="Print the cells (hash, status, name) and run nothing.")
+@click.option("--dry-run", is_flag=True, help="Print the cells (hash, status, name) and run nothing; with "
+              "--launcher slurm, the array and its sbatch options too.")
 @click.option("--retry-failed", is_flag=True, help="Run cells that failed before again.")
 @click.option("--claim-timeout", default=300.0, show_default=True, type=FiniteFloatRange(min=1.0),
               help="Seconds (>= 1) without a heartbeat after which another worker's RUNNING cell counts as abandoned.")
 @click.option("--runs-root", default="runs", show_default=True, help="Folder for checkpoints and local outputs.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@slurm_options
 @tracking_option
-def study_run(study_file, overrides, dry_run, retry_failed, claim_timeout, runs_root, no_progress, tracking_uri) -> None:
+def study_run(study_file, overrides, dry_run, retry_failed, claim_timeout, runs_root, no_progress, tracking_uri,
+              launcher="local", wait=False, **slurm) -> None:
     """Run every cell of STUDY_FILE that is not done yet (a.b=v OVERRIDES apply to its base)."""
     from harness.experiments.grid import run_study, study_table
     from harness.experiments.study import load_study
 
     st = load_study(study_file, overrides)
+    if launcher == "slurm":
+        _submit_study(st, overrides, make_slurm_options(**slurm), dry_run=dry_run, wait=wait, uri=tracking_uri,
+                      runs_root=runs_root, retry_failed=retry_failed, claim_timeout=claim_timeout)
+        return
     if dry_run:
         click.echo(f"study {st.name}: {len(st.cells)} cells")
         _print_rows(study_table(st, uri=tracking_uri))
@@ -64,6 +71,74 @@ def study_run(study_file, overrides, dry_run, retry_failed, claim_timeout, runs_
     _print_rows(rows)
     if any(o.status in ("failed", "skipped-failed") for o in outcomes):
         raise SystemExit(1)
+
+
+def _submit_study(st, overrides, opts, *, dry_run, wait, uri, runs_root, retry_failed, claim_timeout) -> None:
+    from harness.experiments.slurm import pending_cells, submit_study
+
+    cells = pending_cells(st, uri=uri, retry_failed=retry_failed, claim_timeout=claim_timeout)
+    click.echo(f"study {st.name}: {len(st.cells)} cells, {len(cells)} to submit (one SLURM array task each)")
+    if dry_run:
+        for i, c in enumerate(cells):
+            click.echo(f"  task {i}: {c.hash[:12]}  {c.name}")
+        if cells:
+            click.echo("sbatch " + " ".join(opts.describe(st.name, len(cells))))
+        return
+    sub = submit_study(st, opts, overrides=tuple(overrides), uri=uri, runs_root=runs_root, retry_failed=retry_failed,
+                       claim_timeout=claim_timeout)
+    if not sub.job_ids:
+        click.echo("nothing to submit: every cell is done (or running)")
+        return
+    click.echo(f"submitted {len(sub.job_ids)} tasks: {sub.job_ids[0].split('_')[0]}; logs in {sub.logs_dir}")
+    click.echo(f"  harness study status {st.path}")
+    if wait:
+        states = sub.wait()
+        click.echo("ended: " + ", ".join(f"{j} {s}" for j, s in states.items()))
+        rows = _status_rows(st, uri, claim_timeout, sub.logs_dir)
+        _print_rows(rows)
+        if any(r["status"] != "done" for r in rows):
+            raise SystemExit(1)
+
+
+def _status_rows(st, uri, claim_timeout, logs_dir) -> list[dict[str, str]]:
+    from harness.experiments.grid import study_status
+
+    from harness.experiments.slurm import queue_states, submissions
+
+    subs = submissions(Path(logs_dir))
+    rows = study_status(st, uri=uri, claim_timeout=claim_timeout)
+    states = queue_states([r["job"] or subs.get(r["cell_hash"], {}).get("job_id", "") for r in rows if
+                           r["job"] or r["cell_hash"] in subs])
+    out = []
+    for r in rows:
+        job = r["job"] or subs.get(r["cell_hash"], {}).get("job_id", "")
+        status = r["status"]
+        if status == "new" and job and states.get(job) in ("PENDING", "RUNNING", "CONFIGURING"):
+            status = "queued"  # submitted, its task has not opened the cell's run yet
+        out.append({"#": r["#"], "hash": r["hash"], "status": status, "run": r["run"],
+                    "slurm job": f"{job} {states.get(job, '')}".strip() or "-",
+                    "log": r["log"] if status in ("running", "failed", "interrupted") else ""})
+    return out
+
+
+@study.command("status")
+@click.argument("study_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--claim-timeout", default=300.0, show_default=True, type=FiniteFloatRange(min=1.0),
+              help="Seconds without a heartbeat after which a RUNNING cell counts as interrupted.")
+@click.option("--slurm-logs", default="slurm-logs", show_default=True, help="The SLURM launcher's log folder.")
+@tracking_option
+def study_status_cmd(study_file, overrides, claim_timeout, slurm_logs, tracking_uri) -> None:
+    """Cells done / running / queued / new / failed / interrupted, with SLURM job ids and log paths where there are."""
+    from harness.experiments.study import load_study
+
+    st = load_study(study_file, overrides)
+    rows = _status_rows(st, tracking_uri, claim_timeout, Path(slurm_logs, st.name))
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    click.echo(f"study {st.name}: {len(rows)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    _print_rows(rows)
 
 
 @click.command()

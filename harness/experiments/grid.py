@@ -240,3 +240,18 @@ def study_table(study: Study, *, uri: str | None = None) -> list[dict[str, str]]
         {"#": str(i), "hash": c.hash[:12], "status": cell_status(runs.get(c.hash)), "run": c.name}
         for i, c in enumerate(study.cells, 1)
     ]
+
+
+def study_status(study: Study, *, uri: str | None = None, claim_timeout: float = CLAIM_TIMEOUT) -> list[dict[str, str]]:
+    """Every cell with its status, run name, and the SLURM job and log its run is tagged with (if any)."""
+    client = make_client(uri)
+    exp = client.get_experiment_by_name(study.experiment)
+    runs = find_cell_runs(client, exp.experiment_id, study.name, study.cells) if exp else {}
+    rows = []
+    for i, c in enumerate(study.cells, 1):
+        run = runs.get(c.hash)
+        t = run.data.tags if run is not None else {}
+        rows.append({"#": str(i), "hash": c.hash[:12], "cell_hash": c.hash,
+                     "status": cell_status(run, claim_timeout=claim_timeout), "run": c.name,
+                     "job": t.get(tags.SLURM_JOB, ""), "log": t.get(tags.SLURM_STDOUT, "")})
+    return rows

@@ -22,7 +22,7 @@ def _commands(group: click.Group, prefix: str = "harness") -> list[str]:
 
 
 def test_study_holds_run_report_search_and_dashboard() -> None:
-    assert sorted(main.commands["study"].commands) == ["dashboard", "report", "run", "search"]
+    assert sorted(main.commands["study"].commands) == ["dashboard", "report", "run", "search", "status"]
 
 
 def test_old_top_level_spellings_still_work_and_are_hidden() -> None:
