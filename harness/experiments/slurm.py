@@ -346,7 +346,6 @@ class Submission:
     job_ids: tuple[str, ...]
     keys: tuple[str, ...]
     logs_dir: Path
-    jobs: tuple[Any, ...] = ()
 
     def wait(self, poll: float = 2.0, timeout: float | None = None) -> dict[str, str]:
         """Block until no task is pending or running any more (a requeued task counts as pending);
@@ -386,7 +385,7 @@ def submit_study(study: Study, opts: SlurmOptions, *, overrides: tuple[str, ...]
     exp = client.get_experiment_by_name(study.experiment)
     if exp is not None:
         _tag_parent(client, exp.experiment_id, "study", tags.STUDY, study.name, ids)
-    return Submission(tuple(ids), tuple(c.hash for c in cells), logs_dir, tuple(jobs))
+    return Submission(tuple(ids), tuple(c.hash for c in cells), logs_dir)
 
 
 def submit_search(job: Any, opts: SlurmOptions, workers: int) -> Submission:
@@ -399,7 +398,7 @@ def submit_search(job: Any, opts: SlurmOptions, workers: int) -> Submission:
     _record(logs_dir, [{"key": f"worker{i}", "job_id": j, "submitted": time.time()} for i, j in enumerate(ids)])
     client = make_client(job.tracking_uri)
     _tag_parent(client, job.experiment_id, "search", tags.SEARCH_ID, job.search_id, ids)
-    return Submission(tuple(ids), tuple(f"worker{i}" for i in range(workers)), logs_dir, tuple(jobs))
+    return Submission(tuple(ids), tuple(f"worker{i}" for i in range(workers)), logs_dir)
 
 
 def queue_states(job_ids: list[str], *, every_state: bool = False) -> dict[str, str]:

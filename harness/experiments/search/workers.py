@@ -258,22 +258,11 @@ def finish_search(optuna_study: optuna.Study, job: SearchJob, status: str) -> No
     summarise(optuna_study, job.spec, make_client(job.tracking_uri), job.parent_run_id, status)
 
 
-def run_search(
-    study: Study,
-    *,
-    n_trials: int | None = None,
-    storage: str | None = None,
-    study_name: str | None = None,
-    workers: int = 1,
-    tracking_uri: str | None = None,
-    runs_root: str | Path = "runs",
-    timeout: float | None = None,
-    heartbeat_interval: float = 30.0,
-    grace_period: float | None = None,
-    progress: bool = False,
-) -> optuna.Study:
+def run_search(study: Study, *, workers: int = 1, progress: bool = False, **options: Any) -> optuna.Study:
     """Run (or continue) the study's search until its storage holds ``n_trials`` finished trials.
 
+    ``options`` are :func:`plan_search`'s (``n_trials``, ``storage``, ``study_name``, ``tracking_uri``,
+    ``runs_root``, ``timeout``, ``heartbeat_interval``, ``grace_period``); an unknown one is a TypeError there.
     ``n_trials`` and ``timeout`` override the study file's. ``workers > 1`` starts that many local
     processes sharing the storage (default: the journal file ``optuna-journal.log``); a database
     URL lets workers on other machines join by running the same command. At the end the parent
@@ -290,11 +279,7 @@ def run_search(
         >>> len([t for t in s.trials if t.state.is_finished()])  # doctest: +SKIP
         4
     """
-    optuna_study, job = plan_search(
-        study, n_trials=n_trials, storage=storage, study_name=study_name, workers=workers, tracking_uri=tracking_uri,
-        runs_root=runs_root, timeout=timeout, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-        progress=progress,
-    )
+    optuna_study, job = plan_search(study, workers=workers, progress=progress, **options)
     status = "FINISHED"
     try:
         if workers == 1:
