@@ -40,16 +40,21 @@ def _fmt_emergence(metrics: dict[str, float]) -> str:
               help="Seconds (>= 1) without a heartbeat after which another worker's RUNNING cell counts as abandoned.")
 @click.option("--runs-root", default="runs", show_default=True, help="Folder for checkpoints and local outputs.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--cell", "cells", multiple=True, metavar="HASH|NAME",
+              help="Run only this cell: a cell-hash prefix or a run name as --dry-run prints them (repeatable).")
 @slurm_options
 @tracking_option
 def study_run(study_file, overrides, dry_run, retry_failed, claim_timeout, runs_root, no_progress, tracking_uri,
-              launcher="local", wait=False, **slurm) -> None:
+              cells=(), launcher="local", wait=False, **slurm) -> None:
     """Run every cell of STUDY_FILE that is not done yet (a.b=v OVERRIDES apply to its base)."""
     from harness.experiments.grid import run_study, study_table
     from harness.experiments.study import load_study
 
     st = load_study(study_file, overrides)
+    only = _select_cells(st, cells) if cells else None
     if launcher == "slurm":
+        if only is not None:
+            raise click.UsageError("--cell runs cells here; with --launcher slurm every pending cell is submitted")
         _submit_study(st, overrides, make_slurm_options(**slurm), dry_run=dry_run, wait=wait, uri=tracking_uri,
                       runs_root=runs_root, retry_failed=retry_failed, claim_timeout=claim_timeout)
         return
@@ -58,7 +63,7 @@ def study_run(study_file, overrides, dry_run, retry_failed, claim_timeout, runs_
         _print_rows(study_table(st, uri=tracking_uri))
         return
     outcomes = run_study(st, uri=tracking_uri, runs_root=runs_root, retry_failed=retry_failed, progress=not no_progress,
-                         claim_timeout=claim_timeout)
+                         claim_timeout=claim_timeout, only=only)
     rows = []
     for o in outcomes:
         wers = {k.split("/")[1]: v for k, v in o.metrics.items() if k.startswith("test/") and k.endswith("/wer")}
@@ -71,6 +76,20 @@ def study_run(study_file, overrides, dry_run, retry_failed, claim_timeout, runs_
     _print_rows(rows)
     if any(o.status in ("failed", "skipped-failed") for o in outcomes):
         raise SystemExit(1)
+
+
+def _select_cells(st, wanted: tuple[str, ...]) -> frozenset[str]:
+    """The hashes of the cells that ``--cell`` names: each value a hash prefix (4+ characters) or a run name,
+    matching exactly one cell."""
+    chosen = set()
+    for w in wanted:
+        hits = [c for c in st.cells if c.name == w or (len(w) >= 4 and c.hash.startswith(w))]
+        if len(hits) != 1:
+            names = ", ".join(f"{c.hash[:12]} ({c.name})" for c in st.cells)
+            what = "no cell" if not hits else f"{len(hits)} cells"
+            raise click.BadParameter(f"{w!r} names {what} of {st.path}; expected one of: {names}", param_hint="--cell")
+        chosen.add(hits[0].hash)
+    return frozenset(chosen)
 
 
 def _submit_study(st, overrides, opts, *, dry_run, wait, uri, runs_root, retry_failed, claim_timeout) -> None:

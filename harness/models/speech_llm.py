@@ -327,6 +327,14 @@ class SpeechLLM(nn.Module):
         speech, speech_lens = self.project(frames, lengths)  # B, T', H (compressed to B, S, H with CTC compression)
         if tokens_per_position is not None:
             caps = [min(c, math.ceil(tokens_per_position * int(n)) + 4) for c, n in zip(caps, speech_lens.tolist())]
+        return self.generate_embeddings(speech, speech_lens, caps, beam=beam, synced=synced)
+
+    @torch.no_grad()
+    def generate_embeddings(
+        self, speech: torch.Tensor, speech_lens: torch.Tensor, caps: list[int], *, beam: int = 1, synced: bool = False,
+    ) -> list[str]:
+        """Transcripts of what the LLM reads in the speech slot (``B, S, H`` in its embedding space), each row
+        cut at its own cap of new tokens (see :meth:`generate_frames`)."""
         if beam == 1 and not synced:
             inputs = self.build_inputs(speech, speech_lens, None, left_pad=True, shared_prefix=self.shares_prefix)
             rows = self._greedy(inputs, caps)
