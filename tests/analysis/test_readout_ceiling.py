@@ -31,7 +31,7 @@ def test_runs_on_tiny_models(tmp_path, capsys):
                    "--texts", str(tsv), "--n", "3", "--rates", "0,1"])
     out = capsys.readouterr().out
     assert rc_ == 0
-    rows = [line for line in out.splitlines() if line.startswith("| ")][2:]
+    rows = [line for line in out.splitlines() if line.startswith("| ")][1:]  # after the header
     assert len(rows) == 3 and rows[0].startswith("| prompt only")
     assert "error rate 0.00 | 0.000 | 0.0 %" in rows[1]  # the clean slot reads back as the transcript itself
     assert "error rate 1.00 | 1." in rows[2] or "error rate 1.00 | 0.9" in rows[2]

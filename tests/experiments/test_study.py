@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from harness.config import ConfigError, config_hash
-from harness.experiments.grid import find_cell_runs, run_study
+from harness.experiments.grid import find_cell_runs, run_study, study_status
 from harness.experiments.study import load_study, run_name
 
 REPO = Path(__file__).resolve().parents[2]
@@ -233,3 +233,29 @@ def test_study_logs_to_a_real_mlflow_server(tmp_path: Path, libri_manifests, mon
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_cli_cell_runs_only_the_named_cells(tmp_path: Path, libri_manifests, monkeypatch) -> None:
+    """`harness study run --cell`: a hash prefix or a run name picks the cells; the others stay new; a value
+    that names no cell (or several) is one usage line, exit 2, and nothing runs."""
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, _study_doc(libri_manifests, "pick"))
+    st = load_study(path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    runner = CliRunner()
+    bad = runner.invoke(main, ["study", "run", str(path), "--tracking-uri", uri, "--cell", "no-such-cell"])
+    assert bad.exit_code == 2 and "--cell" in bad.output and st.cells[1].name in bad.output, bad.output
+    ok = runner.invoke(main, ["study", "run", str(path), "--tracking-uri", uri, "--no-progress",
+                              "--cell", st.cells[1].hash[:8]])
+    assert ok.exit_code == 0, ok.output
+    statuses = {r["cell_hash"]: r["status"] for r in study_status(st, uri=uri)}
+    assert statuses == {st.cells[0].hash: "new", st.cells[1].hash: "done"}
+    again = runner.invoke(main, ["study", "run", str(path), "--tracking-uri", uri, "--no-progress",
+                                 "--cell", st.cells[0].name])
+    assert again.exit_code == 0, again.output
+    assert {r["status"] for r in study_status(st, uri=uri)} == {"done"}
