@@ -62,6 +62,7 @@ def study_run(study_file, overrides, dry_run, retry_failed, claim_timeout, runs_
         click.echo(f"study {st.name}: {len(st.cells)} cells")
         _print_rows(study_table(st, uri=tracking_uri))
         return
+    _echo_link(st, tracking_uri)
     outcomes = run_study(st, uri=tracking_uri, runs_root=runs_root, retry_failed=retry_failed, progress=not no_progress,
                          claim_timeout=claim_timeout, only=only)
     rows = []
@@ -76,6 +77,16 @@ def study_run(study_file, overrides, dry_run, retry_failed, claim_timeout, runs_
     _print_rows(rows)
     if any(o.status in ("failed", "skipped-failed") for o in outcomes):
         raise SystemExit(1)
+
+
+def _echo_link(st, uri: str | None) -> None:
+    """Where to watch the study when its store is an MLflow server (a SQLite store: `harness ui` prints it)."""
+    from harness.tracking.store import experiment_id, make_client, tracking_uri
+    from harness.tracking.ui import experiment_url
+
+    uri = tracking_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        click.echo(f"study {st.name}: {experiment_url(uri, experiment_id(make_client(uri), st.experiment))}")
 
 
 def _select_cells(st, wanted: tuple[str, ...]) -> frozenset[str]:

@@ -40,6 +40,18 @@ def bench(ctx, steps: int, warmup: int, encoder: str, llm: str, train_manifest: 
     click.echo(f"written: {Path(out) / 'bench.json'}, {Path(out) / 'bench.md'}")
 
 
+def experiment_links(uri: str, server: str) -> list[tuple[str, str]]:
+    """(name, link) of each harness experiment in the store: its cells' view, charts open."""
+    from harness.tracking.store import make_client
+    from harness.tracking.ui import VIEW_TAG, experiment_url
+
+    try:
+        experiments = make_client(uri).search_experiments()
+    except Exception:  # noqa: BLE001 - a store the UI cannot read says so itself once it starts
+        return []
+    return [(e.name, experiment_url(server, e.experiment_id)) for e in experiments if VIEW_TAG in e.tags]
+
+
 @click.command()
 @tracking_option
 @click.option("--port", default=5000, show_default=True, type=PORT)
@@ -51,5 +63,7 @@ def ui(tracking_uri: str | None, port: int, host: str) -> None:
     uri = resolve_uri(tracking_uri)
     ensure_port_free(host, port, "MLflow UI")
     click.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)")
+    for name, url in experiment_links(uri, f"http://{host}:{port}"):
+        click.echo(f"  {name}: {url}")
     run_server([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)],
                program="MLflow UI")

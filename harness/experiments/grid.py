@@ -200,6 +200,7 @@ def _take_cell(client, exp_id: str, parent: str, study: Study, cell: Cell, env: 
 def _run_cell(client, exp_id: str, parent: str, study: Study, cell: Cell, env: dict[str, str], *, label: str,
               runs_root: str | Path, retry_failed: bool, progress: bool, claim_timeout: float) -> CellOutcome:
     from harness.run.trainer import default_run_dir, run_training
+    from harness.tracking.system import system_metrics
     from harness.tracking.trackers import MlflowTracker
 
     existing = _cell_run(client, exp_id, study, cell)
@@ -213,7 +214,7 @@ def _run_cell(client, exp_id: str, parent: str, study: Study, cell: Cell, env: d
     tracker = MlflowTracker(client, run_id)
     try:
         # Beat several times per claim_timeout, so a short timeout never mistakes a live worker for a dead one.
-        with run_heartbeat(client, run_id, every=min(HEARTBEAT_EVERY, claim_timeout / 3)):
+        with run_heartbeat(client, run_id, every=min(HEARTBEAT_EVERY, claim_timeout / 3)), system_metrics(client, run_id):
             result = run_training(cell.config, out_dir, tracker=tracker, progress=progress)
     except KeyboardInterrupt:
         client.set_terminated(run_id, "KILLED")

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from harness.run import checkpoint, distributed
 from harness.run.checkpoint import CheckpointError
-from harness.config import RunConfig, config_hash, execution_dict, flatten, legacy_hash, to_yaml
+from harness.config import RunConfig, config_hash, execution_dict, flatten, legacy_hash, manifest_digest, to_yaml
 from harness.data.batching import batches_by_count, batches_by_duration, batches_shortest_first
 from harness.data.manifest import Utterance, check_audio_files, read_manifest
 from harness.run.emergence import find_emergence, plot_curve
@@ -34,7 +34,7 @@ from harness.run.memory import keep_freed_memory
 from harness.metrics import word_errors
 from harness.models import SpeechLLM, build_model
 from harness.run.distributed import local_device
-from harness.tracking.trackers import LocalTracker, Tracker
+from harness.tracking.trackers import DatasetRecord, LocalTracker, Tracker
 
 log = logging.getLogger("harness.train")
 
@@ -123,6 +123,7 @@ class _NullTracker:
     def restore(self, pending): ...
     def log_artifact(self, path, artifact_path=None): ...
     def log_table(self, rows, artifact_file): ...
+    def log_datasets(self, datasets): ...
 
 
 def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
@@ -185,6 +186,7 @@ class Trainer:
             widths = {"model/d_enc": float(self.model.encoder.dim),
                       "model/d_llm": float(self.model.llm.get_input_embeddings().weight.shape[1])}
             self.tracker.log_metrics(widths, step=0)
+            self.tracker.log_datasets(self._dataset_records())
             if self.dist.enabled:  # what one rank holds of the LLM: all of it (DDP) or its shard (FSDP)
                 local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in self.model.llm.parameters())
                 self.tracker.log_metrics({"dist/world_size": float(self.dist.world), "dist/llm_params_per_rank": float(local)}, step=0)
@@ -216,6 +218,17 @@ class Trainer:
             else:
                 log.warning("optional test split %s: %s not found, skipped", name, path)
         return Datasets(train, keep(read_manifest(d.dev), "dev"), tests)
+
+    def _dataset_records(self) -> list[DatasetRecord]:
+        """Every split this run reads (after the length filter), as the tracker's dataset inputs."""
+        d = self.cfg.data
+        paths = {"train": d.train, "dev": d.dev, **d.test, **d.optional_test}
+        splits = [("train", "training", self.data.train), ("dev", "validation", self.data.dev),
+                  *((name, "test", utts) for name, utts in self.data.tests.items())]
+        return [DatasetRecord(name=name, context=context, source=str(paths[name]),
+                              digest=manifest_digest(paths[name]).split(":", 1)[1][:16], utterances=len(utts),
+                              hours=sum(u.duration for u in utts) / 3600)
+                for name, context, utts in splits]
 
     def _filter_long(self, utts: list[Utterance], name: str) -> list[Utterance]:
         """Scan (``data.scan``), then drop utterances over ``data.max_duration``: the scan comes first

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from harness.tracking import tags
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
@@ -55,17 +57,27 @@ def artifact_location(uri: str, name: str) -> str | None:
 
 
 def experiment_id(client, name: str) -> str:
-    """The id of the experiment ``name``, created when missing (by whichever worker gets there first)."""
+    """The id of the experiment ``name``, created when missing (by whichever worker gets there first).
+
+    It carries MLflow's model-training kind and the harness's saved view of its cells
+    (:mod:`harness.tracking.ui`); an experiment of an older store gets them the first time the harness
+    opens it, and a tag the user changed keeps the user's value.
+    """
+    from harness.tracking.ui import experiment_tags
+
     exp = client.get_experiment_by_name(name)
-    if exp:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
-    except Exception:  # noqa: BLE001 - another worker created it first
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name),
+                                            tags=experiment_tags())
+        except Exception:  # noqa: BLE001 - another worker created it first
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    for key, value in experiment_tags().items():
+        if key not in exp.tags:
+            with_retries(client.set_experiment_tag, exp.experiment_id, key, value)
+    return exp.experiment_id
 
 
 def with_retries(fn: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -123,7 +135,6 @@ def peak_memory() -> str:
 def record_failure(client, run_id: str, error: BaseException, tb: str, *, extra_tags: dict[str, str] | None = None) -> None:
     """Mark a run FAILED: its traceback as ``error.txt``, the error as a tag, the peak memory (the
     first thing to look at after an OOM) and the failed step where the error carries one."""
-    from harness.tracking import tags
 
     message = f"{type(error).__name__}: {error}"
     try:

@@ -18,9 +18,27 @@ import json
 import os
 from pathlib import Path
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from harness.atomic import replacing
+from harness.tracking.tags import DATA_CONTEXT
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """One split a run reads, as MLflow's dataset inputs show it (the runs table's Dataset column)."""
+
+    name: str
+    """The split's name in the config (``train``, ``dev``, a test split's key)."""
+    context: str
+    """What the run uses it for: ``training``, ``validation`` or ``test``."""
+    source: str
+    """The manifest's path, as the config names it."""
+    digest: str
+    """A short content digest of the manifest (a changed manifest shows as a new dataset)."""
+    utterances: int
+    hours: float
 
 
 class Tracker(Protocol):
@@ -32,6 +50,7 @@ class Tracker(Protocol):
     def restore(self, pending: list) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None: ...
+    def log_datasets(self, datasets: list[DatasetRecord]) -> None: ...
 
 
 class LocalTracker:
@@ -82,6 +101,9 @@ class LocalTracker:
 
     def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
         _write_json(self.dir / artifact_file, rows)
+
+    def log_datasets(self, datasets: list[DatasetRecord]) -> None:
+        _write_json(self.dir / "datasets.json", [asdict(d) for d in datasets])
 
     def history(self) -> list[dict[str, Any]]:
         path = self.dir / "metrics.jsonl"
@@ -195,3 +217,20 @@ class MlflowTracker:
         self._retry(self.client.log_table, self.run_id, data=data, artifact_file=artifact_file)
         if self.local:
             self.local.log_table(rows, artifact_file)
+
+    def log_datasets(self, datasets: list[DatasetRecord]) -> None:
+        """Each split as an MLflow dataset input: its name, digest, manifest path as source, and a profile
+        of utterances and hours (logging the same dataset to a run again adds nothing)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = [
+            DatasetInput(
+                Dataset(name=d.name, digest=d.digest, source_type="local", source=json.dumps({"uri": d.source}),
+                        profile=json.dumps({"num_rows": d.utterances, "hours": round(d.hours, 3)})),
+                tags=[InputTag(DATA_CONTEXT, d.context)],
+            )
+            for d in datasets
+        ]
+        self._retry(self.client.log_inputs, self.run_id, datasets=inputs)
+        if self.local:
+            self.local.log_datasets(datasets)

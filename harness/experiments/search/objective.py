@@ -19,6 +19,7 @@ from harness.experiments.study import Study, run_name
 from harness.tracking import tags
 from harness.tracking.liveness import Heartbeat
 from harness.tracking.store import environment_tags, record_failure, with_retries
+from harness.tracking.system import system_metrics
 from harness.experiments.search.trials import (
     ATTR_EMERGENCE,
     ATTR_ERROR,
@@ -148,8 +149,9 @@ class Objective:
 
         log.info("trial %d: %s -> %s", trial.number, {k: trial.params[k] for k in self.spec.params}, out_dir)
         try:
-            result = run_training(cfg, out_dir, tracker=MlflowTracker(self.client, run_id), progress=self.progress,
-                                  on_evaluate=on_evaluate)
+            with system_metrics(self.client, run_id):
+                result = run_training(cfg, out_dir, tracker=MlflowTracker(self.client, run_id), progress=self.progress,
+                                      on_evaluate=on_evaluate)
         except optuna.TrialPruned as e:
             self._pruned(run_id, str(e), "pruner", max(reported, default=0), out_dir)
             raise
