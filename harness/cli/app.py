@@ -10,7 +10,8 @@
     harness study dashboard STUDY.yaml                   optuna-dashboard on the search's storage
     harness train [CONFIG] [a.b=v ...] [--out DIR]       one run
     harness eval RUN_DIR [--split NAME=MANIFEST ...]     decode splits with a trained run, WER by two normalisers
-    harness transcribe RUN_DIR AUDIO...                  transcribe files with a trained run
+    harness transcribe RUN_DIR AUDIO...                  transcribe files with a trained run (or an exported folder)
+    harness export RUN_DIR OUT_DIR                       a folder transformers loads, with a model card
     harness data synth | librispeech ROOT | subset       JSONL manifests
     harness packs list | install | convert | verify      the offline model packs
     harness bench                                        training and decoding, ours against the reference settings
@@ -37,7 +38,7 @@ from harness.cli.common import HarnessGroup  # noqa: E402
 from harness.cli.data import data  # noqa: E402
 from harness.cli.gpu_check import gpu_check_command  # noqa: E402
 from harness.cli.packs import packs  # noqa: E402
-from harness.cli.runs import eval_cmd, train, transcribe  # noqa: E402
+from harness.cli.runs import eval_cmd, export, train, transcribe  # noqa: E402
 from harness.cli.search import dashboard_command, search_command  # noqa: E402
 from harness.cli.study import quickstart, report, study  # noqa: E402
 from harness.cli.tools import bench, ui  # noqa: E402
@@ -69,7 +70,7 @@ def _alias(command: click.Command) -> click.Command:
 study.add_command(report, "report")
 study.add_command(search_command, "search")
 study.add_command(dashboard_command, "dashboard")
-for command in (quickstart, study, train, eval_cmd, transcribe, data, packs, bench, gpu_check_command, ui):
+for command in (quickstart, study, train, eval_cmd, transcribe, export, data, packs, bench, gpu_check_command, ui):
     main.add_command(command)
 for command in (report, search_command, dashboard_command):
     main.add_command(_alias(command))

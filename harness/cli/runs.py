@@ -1,4 +1,4 @@
-"""``harness train | eval | transcribe``: one run."""
+"""``harness train | eval | transcribe | export``: one run."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,12 +44,18 @@ def _print_summary(metrics: dict[str, float], steps: int) -> None:
 
 
 def _load_run(run_dir: str):
+    """(config, model in eval mode) of a run folder, or of a folder ``harness export`` wrote."""
     from safetensors.torch import load_file
 
-    from harness.config import load_config
+    from harness.config import build_config, load_config
     from harness.models import build_model
     from harness.run.trainer import resolve_device
 
+    if not (Path(run_dir) / "config.yaml").is_file() and (Path(run_dir) / "config.json").is_file():
+        from harness.run.hf import SlamAsrModel
+
+        exported = SlamAsrModel.from_pretrained(run_dir)
+        return build_config(exported.config.harness_config), exported.speech_llm.eval()
     cfg = load_config(Path(run_dir) / "config.yaml")
     weights = Path(run_dir) / "trainable.safetensors"
     if not weights.exists():
@@ -124,10 +130,28 @@ def eval_cmd(run_dir: str, splits: tuple[str, ...], beam: int | None, overrides:
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 def transcribe(run_dir: str, audio: tuple[str, ...]) -> None:
-    """Transcribe AUDIO files with a trained run."""
-    from harness.data.audio import load_audio
+    """Transcribe AUDIO files with a trained run (its folder, or a folder `harness export` wrote)."""
+    from harness.run.decode import transcribe_audio
 
     cfg, model = _load_run(run_dir)
     for path in audio:
-        text = model.generate([load_audio(path)], beam=cfg.decode.beam, max_new_tokens=cfg.decode.max_new_tokens)[0]
-        click.echo(f"{path}\t{text}")
+        click.echo(f"{path}\t{transcribe_audio(model, [path], cfg)[0]}")
+
+
+@click.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+def export(run_dir: str, out_dir: str) -> None:
+    """Write RUN_DIR as a folder transformers loads (AutoModel.from_pretrained(OUT_DIR, trust_remote_code=True)):
+    config.json (the references, prompt, k, decoding), model.safetensors (the trained weights) and a model card."""
+    from analysis.model_card import model_card
+    from harness.run.hf import export_run
+
+    if not (Path(run_dir) / "config.yaml").is_file():
+        raise HarnessError(f"{run_dir}: not a run folder (no config.yaml)")
+    try:
+        out = export_run(run_dir, out_dir)
+    except (FileNotFoundError, FileExistsError) as e:
+        raise HarnessError(str(e)) from None
+    (out / "README.md").write_text(model_card(run_dir))
+    click.echo(f"exported {run_dir} -> {out} (config.json, model.safetensors, modeling_slam_asr.py, README.md)")

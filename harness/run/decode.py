@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
-from harness.config import DecodeConfig
+from harness.config import DecodeConfig, RunConfig
 from harness.run.distributed import Dist
 from harness.data.audio import load_audio
 from harness.data.manifest import Utterance
@@ -76,6 +76,29 @@ def transcribe(
         model.train(was_training)
     hyps = dist.merge(mine)
     return [hyps[i] for i in range(len(utts))]
+
+
+@torch.no_grad()
+def transcribe_audio(model: SpeechLLM, audio: Sequence[Any], cfg: RunConfig) -> list[str]:
+    """Transcripts of audio files (any sample rate or channel count) or 16 kHz mono waveforms, decoded as
+    the run decodes its test splits: the same caps, and, when the run read its frozen encoder's frames
+    from the feature cache, those frames rounded to fp16 as the cache stores them, so a file of a test
+    split gets exactly the run's own transcript."""
+    rounded = cfg.encoder.cache and not cfg.encoder.trainable
+    out: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for a in audio:
+            frames, lengths = model.encode([a if isinstance(a, torch.Tensor) else load_audio(str(a))])
+            if rounded:
+                frames = frames.to(torch.float16).to(frames.dtype)
+            caps = [_token_cap(float(n) / model.encoder.frame_rate, cfg.decode) for n in lengths]
+            out += model.generate_frames(frames, lengths, beam=cfg.decode.beam, max_new_tokens=caps,
+                                         tokens_per_position=cfg.decode.tokens_per_position)
+    finally:
+        model.train(was_training)
+    return out
 
 
 @torch.no_grad()
