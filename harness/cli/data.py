@@ -124,6 +124,29 @@ def data_subset(manifest: str, out: str, n: int) -> None:
     click.echo(f"{len(utts)} utterances -> {out}")
 
 
+@data.command("lhotse")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+def data_lhotse(source: str, out: str) -> None:
+    """Convert between a Lhotse manifest and a JSONL manifest, either way.
+
+    SOURCE a Lhotse CutSet or SupervisionSet (its RecordingSet beside it) -> OUT a JSONL manifest; SOURCE a
+    JSONL manifest -> OUT a Lhotse CutSet (name it *.jsonl.gz). Studies read either kind as it is; this
+    is for tools that read only one."""
+    from harness.data.lhotse_manifests import lhotse_kind, write_lhotse
+    from harness.data.manifest import read_manifest, write_manifest
+
+    utts = read_manifest(source)
+    if not utts:
+        raise HarnessError(f"{source}: the manifest holds no utterances; nothing to convert")
+    if lhotse_kind(source) is not None:
+        write_manifest(Path(out), utts)
+        click.echo(f"{len(utts)} utterances (Lhotse {lhotse_kind(source)}) -> {out} (JSONL manifest)")
+    else:
+        write_lhotse(utts, out)
+        click.echo(f"{len(utts)} utterances -> {out} (Lhotse CutSet)")
+
+
 @dataclass(frozen=True)
 class SynthCorpus:
     """A synthetic corpus that shipped studies read, made on first use."""

@@ -48,7 +48,8 @@ MAX_LINE_CHARS = 1 << 20
 
 
 def read_manifest(path: str | os.PathLike) -> list[Utterance]:
-    """Read a JSONL manifest, validating every line; see the module docstring for the format.
+    """Read a JSONL manifest, validating every line; see the module docstring for the format. A Lhotse
+    CutSet or SupervisionSet is read as well (:mod:`harness.data.lhotse_manifests`).
 
     Every fault is a :class:`ManifestError` naming the file and the line (a missing file is a
     ``FileNotFoundError``): malformed or non-UTF-8 lines, a key written twice in one object, values
@@ -56,6 +57,11 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
     :data:`MAX_LINE_CHARS`. A byte-order mark at the start of the file is ignored.
     """
     path = Path(path)
+    from harness.data.lhotse_manifests import lhotse_kind, read_lhotse  # a Lhotse CutSet or SupervisionSet
+
+    kind = lhotse_kind(path) if path.is_file() else None
+    if kind is not None:
+        return read_lhotse(path, kind)
     utts: list[Utterance] = []
     first_line_of: dict[str, int] = {}  # id -> line number, to name both lines of a duplicate
     for lineno, line in _lines(path):
