@@ -99,17 +99,26 @@ def read_lhotse(path: str | Path, kind: str | None = None) -> list[Utterance]:
     return utts
 
 
-def write_lhotse(utts: list[Utterance], path: str | Path) -> None:
-    """A Lhotse CutSet of ``utts`` (each recording's header read from its file) at ``path`` (``.jsonl.gz``)."""
-    from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
+def to_cutset(utts: list[Utterance], *, read_headers: bool = True):
+    """A Lhotse CutSet of ``utts``, one whole-recording cut each; ``read_headers=False`` takes each
+    recording's length from the manifest instead of its file (for samplers, which need durations only)."""
+    from lhotse import AudioSource, CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
 
     recordings, supervisions = [], []
     for u in utts:
-        rec = Recording.from_file(u.audio, recording_id=u.id)
+        if read_headers:
+            rec = Recording.from_file(u.audio, recording_id=u.id)
+        else:
+            rec = Recording(id=u.id, sources=[AudioSource(type="file", channels=[0], source=u.audio)], sampling_rate=16000,
+                            num_samples=round(u.duration * 16000), duration=u.duration)
         recordings.append(rec)
         supervisions.append(SupervisionSegment(id=u.id, recording_id=u.id, start=0.0, duration=rec.duration,
                                                channel=0, text=u.text, speaker=u.speaker))
-    cuts = CutSet.from_manifests(recordings=RecordingSet.from_recordings(recordings),
+    return CutSet.from_manifests(recordings=RecordingSet.from_recordings(recordings),
                                  supervisions=SupervisionSet.from_segments(supervisions))
+
+
+def write_lhotse(utts: list[Utterance], path: str | Path) -> None:
+    """A Lhotse CutSet of ``utts`` (each recording's header read from its file) at ``path`` (``.jsonl.gz``)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    cuts.to_file(path)
+    to_cutset(utts).to_file(path)
