@@ -189,12 +189,20 @@ def _take_cell(client, exp_id: str, parent: str, study: Study, cell: Cell, env: 
                 tags.PARENT: parent, tags.KIND: "cell", tags.STUDY: study.name, tags.CELL_HASH: cell.hash,
                 **env, tags.DEVICE: str(resolve_device(cell.config.train.device)),
                 **{f"axis.{k}": str(v) for k, v in cell.values.items()},  # every axis of the study
+                tags.DESCRIPTION: _describe(study, cell),
             }
             run_id = with_retries(client.create_run, exp_id, run_name=cell.name, tags=run_tags).info.run_id
         with_retries(client.set_tag, run_id, tags.HEARTBEAT, str(time.time()))
         return run_id
     finally:
         with_retries(client.delete_run, claim)  # the cell run (with its heartbeat) now guards the cell
+
+
+def _describe(study: Study, cell: Cell) -> str:
+    """The run's description in MLflow's UI (Markdown): what the cell changes, and its study."""
+    axes = "\n".join(f"- `{k}` = `{v}`" for k, v in cell.values.items()) or "- (the study's base configuration)"
+    about = f" ({study.description})" if study.description else ""
+    return f"Cell `{cell.hash[:12]}` of study **{study.name}**{about}:\n\n{axes}\n"
 
 
 def _run_cell(client, exp_id: str, parent: str, study: Study, cell: Cell, env: dict[str, str], *, label: str,

@@ -98,6 +98,7 @@ def test_a_study_in_the_mlflow_ui(tmp_path: Path, server: str, monkeypatch) -> N
     assert exp.tags[tags.EXPERIMENT_KIND] == tags.MODEL_TRAINING and VIEW_TAG in exp.tags
     for o in outcomes:
         run = client.get_run(o.run_id)
+        assert f"`adapter.k` = `{o.cell.config.adapter.k}`" in run.data.tags[tags.DESCRIPTION]  # shown on the run page
         inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
         assert set(inputs) == {"train", "dev", "ls"}
         contexts = {n: [t.value for t in d.tags if t.key == tags.DATA_CONTEXT] for n, d in inputs.items()}
