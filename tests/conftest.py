@@ -5,8 +5,14 @@ skipped with a clear reason when it is absent.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -66,3 +72,30 @@ def libri(librispeech_root: Path) -> dict[str, list]:
 def utts_by_duration(libri: dict[str, list]) -> list:
     """Every real utterance, shortest first (2.1 s ... 16.0 s)."""
     return sorted((u for split in libri.values() for u in split), key=lambda u: u.duration)
+
+
+@contextlib.contextmanager
+def mlflow_server(tmp: Path, *, start_timeout: float = 120.0):
+    """A real `mlflow server` on a free loopback port with a SQLite store under ``tmp``; yields its URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp}/server.db",
+         "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("mlflow server did not start")
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -3,10 +3,6 @@ logging to a real `mlflow server` read back through its REST API."""
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,6 +12,7 @@ import yaml
 from harness.config import ConfigError, config_hash
 from harness.experiments.grid import find_cell_runs, run_study, study_status
 from harness.experiments.study import load_study, run_name
+from tests.conftest import mlflow_server
 
 REPO = Path(__file__).resolve().parents[2]
 STUDIES = REPO / "studies"
@@ -179,32 +176,10 @@ def test_rerun_skips_finished_cells(tmp_path: Path, libri_manifests, monkeypatch
     assert [o.run_id for o in second] == [o.run_id for o in first]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_study_logs_to_a_real_mlflow_server(tmp_path: Path, libri_manifests, monkeypatch) -> None:
     """Every per-step metric and the tags/artifacts of a cell arrive at an `mlflow server`; read back over REST."""
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not start")
+    with mlflow_server(tmp_path) as url:
         st = load_study(write(tmp_path, _study_doc(libri_manifests, "rest")))
         outcomes = run_study(st, uri=url, runs_root=tmp_path / "runs", progress=False)
         assert [o.status for o in outcomes] == ["done", "done"]
@@ -230,9 +205,6 @@ def test_study_logs_to_a_real_mlflow_server(tmp_path: Path, libri_manifests, mon
         client = MlflowClient(url)
         exp = client.get_experiment_by_name("rest")
         assert set(find_cell_runs(client, exp.experiment_id, "rest")) == {c.hash for c in st.cells}
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_cli_cell_runs_only_the_named_cells(tmp_path: Path, libri_manifests, monkeypatch) -> None:

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,16 +20,11 @@ from harness.experiments.grid import run_study
 from harness.experiments.study import load_study
 from harness.tracking import tags
 from harness.tracking.ui import VIEW_TAG, experiment_url
+from tests.conftest import mlflow_server
 
 REPO = Path(__file__).resolve().parents[2]
 MINI = REPO.parent / "shared" / "data" / "librispeech-mini"
 CHROMIUM = Path("/usr/bin/chromium")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _study(tmp: Path) -> Path:
@@ -56,25 +47,8 @@ def _study(tmp: Path) -> Path:
 
 @pytest.fixture()
 def server(tmp_path: Path):
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not start")
+    with mlflow_server(tmp_path, start_timeout=240) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def _chromium(*args: str) -> subprocess.CompletedProcess:
