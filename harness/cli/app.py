@@ -12,7 +12,7 @@
     harness eval RUN_DIR [--split NAME=MANIFEST ...]     decode splits with a trained run, WER by two normalisers
     harness transcribe RUN_DIR AUDIO...                  transcribe files with a trained run (or an exported folder)
     harness export RUN_DIR OUT_DIR                       a folder transformers loads, with a model card
-    harness data synth | librispeech ROOT | subset       JSONL manifests
+    harness data synth | librispeech ROOT | subset | lhotse   JSONL manifests (and Lhotse's, both ways)
     harness packs list | install | convert | verify      the offline model packs
     harness bench                                        training and decoding, ours against the reference settings
     harness gpu-check                                    the CUDA path at the paper's sizes (a reduced mode on CPU)

@@ -17,7 +17,7 @@ import gzip
 import json
 from pathlib import Path
 
-from harness.data.manifest import ManifestError, Utterance
+from harness.data.manifest import MAX_LINE_CHARS, ManifestError, Utterance
 
 _TOLERANCE = 0.02  # seconds: a cut within this of its recording's duration is the whole recording
 
@@ -26,12 +26,15 @@ def _first_record(path: Path) -> dict | None:
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rt", encoding="utf-8") as f:
-            for line in f:
+            for _ in range(100):  # the first non-blank line, read with a bounded length
+                line = f.readline(MAX_LINE_CHARS + 1)
+                if not line or len(line) > MAX_LINE_CHARS:
+                    return None
                 if line.strip():
                     row = json.loads(line)
                     return row if isinstance(row, dict) else None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, EOFError):
-        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, EOFError, ValueError):
+        return None  # not Lhotse's: the JSONL reader reports what is wrong with it, naming the line
     return None
 
 
