@@ -151,11 +151,16 @@ def sigterm_as_interrupt() -> None:
     signal that leaves worker processes behind)."""
     import threading
 
+    from harness import interrupts
+
     def handler(signum, frame):  # noqa: ARG001
+        interrupts.record(signum)  # kept even if the exception is swallowed (raised inside a finalizer)
         raise KeyboardInterrupt(f"signal {signum}")
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # Ctrl-C: the same, recorded
+            signal.signal(signal.SIGINT, handler)
 
 
 # ------------------------------------------------------------------------------------- numbers

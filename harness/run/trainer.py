@@ -47,12 +47,17 @@ class _GracefulStop:
     ``--signal=USR2@90``): the SLURM launcher requeues the task after such a stop."""
 
     def __init__(self) -> None:
-        self.requested = False
+        from harness import interrupts
+
+        self.requested = interrupts.requested() is not None  # a stop that arrived before training and was lost
         self._old: dict[int, object] = {}
 
     def _handler(self, signum, frame) -> None:  # noqa: ARG002
+        from harness import interrupts
+
         if self.requested:
             raise KeyboardInterrupt(f"signal {signum} (second)")
+        interrupts.record(signum)
         self.requested = True
         log.warning("signal %d: stopping after this step (checkpoint first); send it again to stop at once", signum)
 
@@ -68,8 +73,12 @@ class _GracefulStop:
     def __exit__(self, *exc: object) -> None:
         import signal
 
+        from harness import interrupts
+
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        if self.requested:
+            interrupts.clear()  # honoured: this run stopped for it; a later run in this process starts clean
 
 
 class TrainingDiverged(RuntimeError):
