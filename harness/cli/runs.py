@@ -49,6 +49,7 @@ def _load_run(run_dir: str):
 
     from harness.config import build_config, load_config
     from harness.models import build_model
+    from harness.run.checkpoint import trained_weights
     from harness.run.trainer import resolve_device
 
     if not (Path(run_dir) / "config.yaml").is_file() and (Path(run_dir) / "config.json").is_file():
@@ -57,11 +58,10 @@ def _load_run(run_dir: str):
         exported = SlamAsrModel.from_pretrained(run_dir)
         return build_config(exported.config.harness_config), exported.speech_llm.eval()
     cfg = load_config(Path(run_dir) / "config.yaml")
-    weights = Path(run_dir) / "trainable.safetensors"
-    if not weights.exists():
-        weights = Path(run_dir) / "checkpoint" / "trainable.safetensors"
-    if not weights.exists():
-        raise HarnessError(f"{run_dir}: no trained weights (trainable.safetensors) found; has the run started?")
+    try:
+        weights = trained_weights(run_dir)
+    except FileNotFoundError as e:
+        raise HarnessError(str(e)) from None
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, device=device)
     model.load_state_dict(load_file(str(weights), device=str(device)), strict=False)

@@ -24,6 +24,15 @@ class CheckpointError(RuntimeError):
     """A run's checkpoint exists but cannot be read (names the file)."""
 
 
+def trained_weights(run_dir: str | Path) -> Path:
+    """The weights a run folder holds: the finished run's ``trainable.safetensors``, else its latest
+    checkpoint's. ``FileNotFoundError`` (naming the folder) when the run has not trained yet."""
+    for path in (Path(run_dir) / WEIGHTS, Path(run_dir) / "checkpoint" / WEIGHTS):
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"{run_dir}: no trained weights ({WEIGHTS}) found; has the run started?")
+
+
 def contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Detached, contiguous CPU copies: what safetensors can write."""
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}

@@ -99,14 +99,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     from safetensors.torch import load_file, save_file
 
     from harness.config import load_config, to_dict
+    from harness.run.checkpoint import trained_weights
 
     run, out = Path(run_dir), Path(out_dir)
     cfg = load_config(run / "config.yaml")
-    weights = run / "trainable.safetensors"
-    if not weights.exists():
-        weights = run / "checkpoint" / "trainable.safetensors"
-    if not weights.exists():
-        raise FileNotFoundError(f"{run}: no trained weights (trainable.safetensors); has the run trained?")
+    weights = trained_weights(run)
     if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
         raise FileExistsError(f"{out}: exists and is not an exported model folder; choose an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.tracking import tags
+from harness.tracking.ui import experiment_tags
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -63,8 +64,6 @@ def experiment_id(client, name: str) -> str:
     (:mod:`harness.tracking.ui`); an experiment of an older store gets them the first time the harness
     opens it, and a tag the user changed keeps the user's value.
     """
-    from harness.tracking.ui import experiment_tags
-
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:

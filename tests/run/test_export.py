@@ -75,3 +75,10 @@ def test_export_errors_are_one_line(trained, tmp_path: Path) -> None:
     refused = subprocess.run([*HARNESS, "export", str(run), str(busy)], capture_output=True, text=True, env=_env(tmp_path))
     assert refused.returncode != 0 and "not an exported model folder" in refused.stderr
     assert (busy / "keep.txt").read_text() == "mine"
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    (untrained / "config.yaml").write_text((run / "config.yaml").read_text())
+    none = subprocess.run([*HARNESS, "export", str(untrained), str(tmp_path / "o2")], capture_output=True, text=True,
+                          env=_env(tmp_path))
+    assert none.returncode != 0 and "no trained weights" in none.stderr and "Traceback" not in none.stderr
+    assert not (tmp_path / "o2").exists()  # nothing written for a run that has not trained
