@@ -26,3 +26,19 @@ def clear() -> None:
     """Forget the recorded stop (it has been honoured: the run that read it stopped)."""
     global _signal
     _signal = None
+
+
+def install() -> None:
+    """SIGTERM (and Ctrl-C) raise ``KeyboardInterrupt`` in the main thread, the signal recorded first
+    (kept even if the exception is swallowed inside a finalizer)."""
+    import signal
+    import threading
+
+    def handler(signum, frame):  # noqa: ARG001
+        record(signum)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # Ctrl-C: the same, recorded
+            signal.signal(signal.SIGINT, handler)

@@ -148,19 +148,10 @@ class HarnessGroup(click.Group):
 def sigterm_as_interrupt() -> None:
     """SIGTERM stops a command like Ctrl-C: a trainer writes a checkpoint, pools and servers are taken
     down, and the command ends in one "Interrupted" line with exit code 130 (not a silent death by the
-    signal that leaves worker processes behind)."""
-    import threading
-
+    signal that leaves worker processes behind). See :func:`harness.interrupts.install`."""
     from harness import interrupts
 
-    def handler(signum, frame):  # noqa: ARG001
-        interrupts.record(signum)  # kept even if the exception is swallowed (raised inside a finalizer)
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # Ctrl-C: the same, recorded
-            signal.signal(signal.SIGINT, handler)
+    interrupts.install()
 
 
 # ------------------------------------------------------------------------------------- numbers
@@ -298,10 +289,11 @@ def slurm_options(fn):
     return fn
 
 
-def make_slurm_options(partition, gpus_per_cell, cpus_per_cell, mem, time_limit, max_parallel, slurm_extra, slurm_logs):
+def make_slurm_options(partition, gpus_per_cell, cpus_per_cell, mem, time_limit, max_parallel, slurm_extra, slurm_logs,
+                       procs_per_cell=None):
     """The :class:`~harness.experiments.slurm.SlurmOptions` the command line asked for (bad values: one line)."""
     from harness.experiments.slurm import SlurmOptions, parse_extra, parse_time
 
     return SlurmOptions(partition=partition, gpus_per_cell=gpus_per_cell, cpus_per_cell=cpus_per_cell, mem=mem,
                         time_min=parse_time(time_limit), max_parallel=max_parallel, extra=parse_extra(slurm_extra),
-                        logs=slurm_logs)
+                        logs=slurm_logs, procs_per_cell=procs_per_cell)

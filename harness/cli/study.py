@@ -42,10 +42,13 @@ def _fmt_emergence(metrics: dict[str, float]) -> str:
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("--cell", "cells", multiple=True, metavar="HASH|NAME",
               help="Run only this cell: a cell-hash prefix or a run name as --dry-run prints them (repeatable).")
+@click.option("--procs-per-cell", type=POSITIVE_INT, default=None,
+              help="Train each cell on N processes, data parallel (one per GPU; on CPUs over gloo). "
+                   "Default: 1 here; with --launcher slurm one per --gpus-per-cell.")
 @slurm_options
 @tracking_option
 def study_run(study_file, overrides, dry_run, retry_failed, claim_timeout, runs_root, no_progress, tracking_uri,
-              cells=(), launcher="local", wait=False, **slurm) -> None:
+              cells=(), procs_per_cell=None, launcher="local", wait=False, **slurm) -> None:
     """Run every cell of STUDY_FILE that is not done yet (a.b=v OVERRIDES apply to its base)."""
     from harness.experiments.grid import run_study, study_table
     from harness.experiments.study import load_study
@@ -55,7 +58,7 @@ def study_run(study_file, overrides, dry_run, retry_failed, claim_timeout, runs_
     if launcher == "slurm":
         if only is not None:
             raise click.UsageError("--cell runs cells here; with --launcher slurm every pending cell is submitted")
-        _submit_study(st, overrides, make_slurm_options(**slurm), dry_run=dry_run, wait=wait, uri=tracking_uri,
+        _submit_study(st, overrides, make_slurm_options(**slurm, procs_per_cell=procs_per_cell), dry_run=dry_run, wait=wait, uri=tracking_uri,
                       runs_root=runs_root, retry_failed=retry_failed, claim_timeout=claim_timeout)
         return
     if dry_run:
@@ -64,7 +67,7 @@ def study_run(study_file, overrides, dry_run, retry_failed, claim_timeout, runs_
         return
     _echo_link(st, tracking_uri)
     outcomes = run_study(st, uri=tracking_uri, runs_root=runs_root, retry_failed=retry_failed, progress=not no_progress,
-                         claim_timeout=claim_timeout, only=only)
+                         claim_timeout=claim_timeout, only=only, procs_per_cell=procs_per_cell or 1)
     rows = []
     for o in outcomes:
         wers = {k.split("/")[1]: v for k, v in o.metrics.items() if k.startswith("test/") and k.endswith("/wer")}
@@ -107,7 +110,8 @@ def _submit_study(st, overrides, opts, *, dry_run, wait, uri, runs_root, retry_f
     from harness.experiments.slurm import pending_cells, submit_study
 
     cells = pending_cells(st, uri=uri, retry_failed=retry_failed, claim_timeout=claim_timeout)
-    click.echo(f"study {st.name}: {len(st.cells)} cells, {len(cells)} to submit (one SLURM array task each)")
+    each = f"; {opts.ranks} training processes in each" if opts.ranks > 1 else ""
+    click.echo(f"study {st.name}: {len(st.cells)} cells, {len(cells)} to submit (one SLURM array task each{each})")
     if dry_run:
         for i, c in enumerate(cells):
             click.echo(f"  task {i}: {c.hash[:12]}  {c.name}")

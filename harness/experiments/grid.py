@@ -7,6 +7,7 @@ its traceback as an artifact and the grid goes on.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -79,12 +80,15 @@ def run_study(
     claim_timeout: float = CLAIM_TIMEOUT,
     only: frozenset[str] | None = None,
     run_tags: dict[str, str] | None = None,
+    procs_per_cell: int = 1,
 ) -> list[CellOutcome]:
     """Run every cell that is not done; returns one outcome per cell, in grid order.
 
     ``only``: the hashes of the cells this worker may run (a SLURM array task runs one); the others are
     not looked at. ``run_tags``: tags set on the run of every cell this worker trains (a new run or a
-    resumed one; e.g. the SLURM job id and its log paths).
+    resumed one; e.g. the SLURM job id and its log paths). ``procs_per_cell``: train each cell on that
+    many processes of this machine, data parallel (one per GPU on a GPU node; see
+    :mod:`harness.experiments.ranks`); 1 trains in this process.
 
     Any number of workers may run the same study against one tracking store at once: each cell
     is claimed atomically (:func:`~harness.tracking.liveness.claim_cell`), so no cell trains twice,
@@ -93,6 +97,8 @@ def run_study(
     """
     if not (math.isfinite(claim_timeout) and claim_timeout > 0):
         raise ValueError(f"claim_timeout: expected a finite number of seconds > 0, got {claim_timeout}")
+    if procs_per_cell < 1:
+        raise ValueError(f"procs_per_cell: expected >= 1, got {procs_per_cell}")
     client = make_client(uri)
     exp_id = experiment_id(client, study.experiment)
     parent, _ = parent_run(client, exp_id, _parent_tags(study), run_name=f"study:{study.name}",
@@ -106,7 +112,8 @@ def run_study(
                 continue
             label = f"[{i}/{len(study.cells)}] {cell.name} ({cell.hash[:12]})"
             outcome = _run_cell(client, exp_id, parent, study, cell, env, label=label, runs_root=runs_root,
-                                retry_failed=retry_failed, progress=progress, claim_timeout=claim_timeout)
+                                retry_failed=retry_failed, progress=progress, claim_timeout=claim_timeout,
+                                trainer=_Trainer(uri, procs_per_cell, progress))
             outcomes.append(outcome)
     except KeyboardInterrupt:
         try:
@@ -205,11 +212,37 @@ def _describe(study: Study, cell: Cell) -> str:
     return f"Cell `{cell.hash[:12]}` of study **{study.name}**{about}:\n\n{axes}\n"
 
 
+@dataclass(frozen=True)
+class _Trainer:
+    """How a cell is trained: in this process, or by ``procs`` ranks (:mod:`harness.experiments.ranks`)."""
+
+    uri: str | None
+    procs: int
+    progress: bool
+
+    def __call__(self, client, run_id: str, config, out_dir: Path) -> dict[str, float]:
+        from harness.run.trainer import run_training
+        from harness.tracking.trackers import MlflowTracker
+
+        if self.procs == 1:
+            tracker = MlflowTracker(client, run_id)
+            try:
+                return run_training(config, out_dir, tracker=tracker, progress=self.progress).metrics
+            except Exception:
+                with contextlib.suppress(Exception):  # what it holds, before the failure is recorded
+                    tracker.flush()
+                raise
+        from harness.experiments.ranks import RankJob, train_ranks
+
+        return train_ranks(RankJob(config, str(out_dir), self.uri, run_id), self.procs, progress=self.progress)
+
+
 def _run_cell(client, exp_id: str, parent: str, study: Study, cell: Cell, env: dict[str, str], *, label: str,
-              runs_root: str | Path, retry_failed: bool, progress: bool, claim_timeout: float) -> CellOutcome:
-    from harness.run.trainer import default_run_dir, run_training
+              runs_root: str | Path, retry_failed: bool, progress: bool, claim_timeout: float,
+              trainer: _Trainer) -> CellOutcome:
+    from harness.experiments.ranks import RankFailed
+    from harness.run.trainer import default_run_dir
     from harness.tracking.system import system_metrics
-    from harness.tracking.trackers import MlflowTracker
 
     existing = _cell_run(client, exp_id, study, cell)
     skipped = _skip(existing, cell, label, retry_failed=retry_failed, claim_timeout=claim_timeout)
@@ -219,25 +252,19 @@ def _run_cell(client, exp_id: str, parent: str, study: Study, cell: Cell, env: d
     if run_id is None:
         return CellOutcome(cell, "skipped-running", None, {})
     out_dir = default_run_dir(cell.config, Path(runs_root) / study.name)
-    tracker = MlflowTracker(client, run_id)
     try:
         # Beat several times per claim_timeout, so a short timeout never mistakes a live worker for a dead one.
         with run_heartbeat(client, run_id, every=min(HEARTBEAT_EVERY, claim_timeout / 3)), system_metrics(client, run_id):
-            result = run_training(cell.config, out_dir, tracker=tracker, progress=progress)
+            metrics = trainer(client, run_id, cell.config, out_dir)
     except KeyboardInterrupt:
         client.set_terminated(run_id, "KILLED")
         raise
     except Exception as e:  # noqa: BLE001 - isolate the failure to this cell
         log.error("%s failed: %s", label, e)
-        tb = traceback.format_exc()
-        try:
-            tracker.flush()
-        except Exception:  # noqa: BLE001
-            pass
-        record_failure(client, run_id, e, tb)
+        record_failure(client, run_id, e, e.traceback if isinstance(e, RankFailed) else traceback.format_exc())
         return CellOutcome(cell, "failed", run_id, {}, f"{type(e).__name__}: {e}")
     with_retries(client.set_terminated, run_id, "FINISHED")
-    return CellOutcome(cell, "done", run_id, result.metrics)
+    return CellOutcome(cell, "done", run_id, metrics)
 
 
 def study_table(study: Study, *, uri: str | None = None) -> list[dict[str, str]]:

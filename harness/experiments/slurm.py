@@ -90,7 +90,11 @@ class SlurmOptions:
     partition: str | None = None
     """``--partition``; None: the cluster's default partition."""
     gpus_per_cell: int = 0
-    """``--gpus-per-node`` of each task. A cell trains on one process; more GPUs than 1 are refused."""
+    """``--gpus-per-node`` of each task. A cell with several GPUs trains on one process per GPU (data
+    parallel, :mod:`harness.experiments.ranks`)."""
+    procs_per_cell: int | None = None
+    """Training processes of each cell task; None: one per GPU, or 1 on a CPU node. (Several on a CPU node:
+    data parallel over gloo, each with ``cpus_per_cell / procs`` threads.)"""
     cpus_per_cell: int | None = None
     """``--cpus-per-task``; torch in the task uses that many threads. None: the cluster's default."""
     mem: str | None = None
@@ -107,15 +111,22 @@ class SlurmOptions:
     def __post_init__(self) -> None:
         if self.gpus_per_cell < 0:
             raise ConfigError(f"--gpus-per-cell: expected >= 0, got {self.gpus_per_cell}")
-        if self.gpus_per_cell > 1:
-            raise ConfigError(f"--gpus-per-cell: {self.gpus_per_cell} GPUs for one cell is not supported yet "
-                              "(a cell trains on one process); use 1, or `harness train` under torchrun for one run")
+        if self.procs_per_cell is not None and self.procs_per_cell < 1:
+            raise ConfigError(f"--procs-per-cell: expected >= 1, got {self.procs_per_cell}")
+        if self.gpus_per_cell and (self.procs_per_cell or 0) > self.gpus_per_cell:
+            raise ConfigError(f"--procs-per-cell {self.procs_per_cell} with --gpus-per-cell {self.gpus_per_cell}: "
+                              "each training process takes one GPU; expected at most one per GPU")
         if self.cpus_per_cell is not None and self.cpus_per_cell < 1:
             raise ConfigError(f"--cpus-per-cell: expected >= 1, got {self.cpus_per_cell}")
         if self.mem is not None and not _MEM.match(self.mem):
             raise ConfigError(f"--mem: expected a SLURM memory size such as 16G or 64000M, got {self.mem!r}")
         if self.max_parallel is not None and self.max_parallel < 1:
             raise ConfigError(f"--max-parallel: expected >= 1, got {self.max_parallel}")
+
+    @property
+    def ranks(self) -> int:
+        """The training processes of each cell task."""
+        return self.procs_per_cell or max(1, self.gpus_per_cell)
 
     def sbatch(self, name: str, n_tasks: int) -> dict[str, Any]:
         """The submitit parameters (each one an ``#SBATCH`` option) of an array of ``n_tasks``."""
@@ -238,6 +249,7 @@ class CellTask(_Task):
     logs_dir: str
     retry_failed: bool
     claim_timeout: float
+    procs_per_cell: int = 1
     cell_hash: str = ""
 
     def __call__(self, cell_hash: str) -> str:
@@ -249,7 +261,7 @@ class CellTask(_Task):
         try:
             outcomes = run_study(study, uri=self.tracking_uri, runs_root=self.runs_root, retry_failed=self.retry_failed,
                                  progress=False, claim_timeout=self.claim_timeout, only=frozenset({cell_hash}),
-                                 run_tags=job)
+                                 run_tags=job, procs_per_cell=self.procs_per_cell)
         except KeyboardInterrupt:  # SIGTERM / SIGUSR2: the cell checkpointed and is marked KILLED
             if requeue(job[tags.SLURM_JOB]):
                 raise SystemExit(-1) from None  # as submitit after a requeue: no result, the job runs again
@@ -376,7 +388,7 @@ def submit_study(study: Study, opts: SlurmOptions, *, overrides: tuple[str, ...]
     if not cells:
         return Submission((), (), logs_dir)
     task = CellTask(str(Path(study.path).resolve()), tuple(overrides), uri, str(Path(runs_root).resolve()),
-                    str(logs_dir), retry_failed, claim_timeout)
+                    str(logs_dir), retry_failed, claim_timeout, opts.ranks)
     ex = _executor(logs_dir, opts, f"{study.name}", len(cells))
     jobs = ex.map_array(task, [c.hash for c in cells])
     ids = [j.job_id for j in jobs]

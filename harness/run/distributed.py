@@ -24,6 +24,8 @@ import torch.distributed as dist
 class Dist:
     rank: int = 0
     world: int = 1
+    device: str = "cpu"
+    """Where this rank's collectives run: NCCL reduces only CUDA tensors, gloo CPU ones."""
 
     @property
     def is_main(self) -> bool:
@@ -40,9 +42,18 @@ class Dist:
     def sum(self, value: float) -> float:
         if not self.enabled:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return float(t.item())
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank (every rank gets the same answer). The ranks agree on a
+        stop this way: a rank that stopped alone would leave the others waiting in the next all-reduce."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
 
     def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
         """All-reduce (sum) the gradients of the trainable parameters, flattened into one buffer."""
@@ -105,9 +116,11 @@ def from_env(device: torch.device) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's collectives (and all_gather_object) use the current device
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size())
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), device=str(device))
 
 
 def shutdown() -> None:

@@ -43,22 +43,32 @@ class _GracefulStop:
     """SIGINT/SIGTERM/SIGUSR2 during training set a flag that the loop checks between steps: the current
     step finishes and is logged, a checkpoint is written, then the run stops. (An asynchronous
     KeyboardInterrupt could land between an optimizer step and its bookkeeping.) A second signal
-    stops at once. SIGUSR2 is the warning SLURM sends before a time limit or a preemption (submitit's
-    ``--signal=USR2@90``): the SLURM launcher requeues the task after such a stop."""
+    stops at once; a repeat within :attr:`SAME_STOP` seconds is the same stop delivered twice (a rank of
+    a multi-process cell hears SLURM's signal, which reaches every process of a task, and the one its
+    launcher forwards). SIGUSR2 is the warning SLURM sends before a time limit or a preemption
+    (submitit's ``--signal=USR2@90``): the SLURM launcher requeues the task after such a stop."""
+
+    SAME_STOP = 2.0
 
     def __init__(self) -> None:
         from harness import interrupts
 
         self.requested = interrupts.requested() is not None  # a stop that arrived before training and was lost
+        self._first = 0.0 if self.requested else None
         self._old: dict[int, object] = {}
 
     def _handler(self, signum, frame) -> None:  # noqa: ARG002
+        import time
+
         from harness import interrupts
 
+        now = time.monotonic()
         if self.requested:
+            if self._first is not None and now - self._first < self.SAME_STOP:
+                return
             raise KeyboardInterrupt(f"signal {signum} (second)")
         interrupts.record(signum)
-        self.requested = True
+        self.requested, self._first = True, now
         log.warning("signal %d: stopping after this step (checkpoint first); send it again to stop at once", signum)
 
     def __enter__(self) -> "_GracefulStop":
@@ -374,7 +384,7 @@ class Trainer:
     def _loop(self, bar, stop: _GracefulStop) -> None:
         t = self.cfg.train
         while self.state.step < t.max_steps and not self.state.stopped_early:
-            if stop.requested:
+            if self.dist.any(stop.requested):  # every rank stops at the same step boundary
                 raise KeyboardInterrupt("stop requested")
             # one optimizer step and its bookkeeping
             metrics = self._train_step()

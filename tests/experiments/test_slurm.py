@@ -54,8 +54,12 @@ def test_time_and_options_parse_as_slurm_writes_them() -> None:
         parse_extra(["=x"])
     with pytest.raises(ConfigError, match="--mem"):
         SlurmOptions(mem="lots")
-    with pytest.raises(ConfigError, match="--gpus-per-cell"):
-        SlurmOptions(gpus_per_cell=2)
+    with pytest.raises(ConfigError, match="--procs-per-cell 4 with --gpus-per-cell 2"):
+        SlurmOptions(gpus_per_cell=2, procs_per_cell=4)
+    with pytest.raises(ConfigError, match="--procs-per-cell: expected >= 1"):
+        SlurmOptions(procs_per_cell=0)
+    assert [SlurmOptions(gpus_per_cell=g, procs_per_cell=p).ranks for g, p in ((0, None), (1, None), (4, None), (0, 2))] \
+        == [1, 1, 4, 2]
     lines = SlurmOptions(partition="gpu", gpus_per_cell=1, mem="16G", max_parallel=2,
                          extra={"account": "speech"}).describe("grid", 5)
     assert lines == ["--job-name=grid", "--array=0-4%2", "--time=1440", "--signal=USR2@90", "--partition=gpu",
@@ -121,13 +125,17 @@ def _job_state(job: str) -> str:
 
 
 @needs_slurm
-@pytest.mark.parametrize("sig", ["TERM", "USR2"])
-def test_a_signalled_task_checkpoints_is_requeued_and_resumes_into_the_same_run(tmp_path: Path, libri, sig: str) -> None:
+@pytest.mark.parametrize("sig,procs", [("TERM", 1), ("USR2", 1), ("USR2", 2)])
+def test_a_signalled_task_checkpoints_is_requeued_and_resumes_into_the_same_run(tmp_path: Path, libri, sig: str,
+                                                                                procs: int) -> None:
+    """procs=2: the cell trains on two processes (data parallel); SLURM's signal reaches the task and its
+    ranks, which stop at the same step; rank 0 checkpoints, the task is requeued and resumes."""
     d = _manifests(tmp_path, libri)
     # Metrics reach MLflow at checkpoints: every 10 steps, so the test sees the run train.
-    path = write_study(tmp_path, f"spre{sig.lower()}", base_config(d, max_steps=300, checkpoint_every=10, lr=1e-3))
+    path = write_study(tmp_path, f"spre{sig.lower()}{procs}", base_config(d, max_steps=300, checkpoint_every=10, lr=1e-3))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    common = ["--tracking-uri", uri, "--runs-root", str(tmp_path / "runs"), *_slurm_args(tmp_path)]
+    common = ["--tracking-uri", uri, "--runs-root", str(tmp_path / "runs"), *_slurm_args(tmp_path),
+              "--procs-per-cell", str(procs)]
     done = _run(tmp_path, "study", "run", str(path), *common)
     assert done.returncode == 0, done.stdout + done.stderr
     job = re.search(r"submitted 1 tasks: (\d+)", done.stdout).group(1)
@@ -160,6 +168,7 @@ def test_a_signalled_task_checkpoints_is_requeued_and_resumes_into_the_same_run(
     assert final.info.run_id == run_id and final.info.status == "FINISHED", _logs(tmp_path)
     assert steps_of(client, run_id) == list(range(1, 301))
     assert_no_duplicates(client, run_id)
+    assert final.data.metrics.get("dist/world_size", 1.0) == procs
     log = (tmp_path / "slurm-logs" / path.stem / "cells" / f"{cell.hash}.err").read_text()
     assert "resuming" in log and "requeued" in log
 
