@@ -28,17 +28,19 @@ def clear() -> None:
     _signal = None
 
 
+def raise_stop(signum, frame) -> None:  # noqa: ARG001
+    """A signal handler: record ``signum`` (kept even if the exception is swallowed inside a finalizer),
+    then raise ``KeyboardInterrupt``."""
+    record(signum)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def install() -> None:
-    """SIGTERM (and Ctrl-C) raise ``KeyboardInterrupt`` in the main thread, the signal recorded first
-    (kept even if the exception is swallowed inside a finalizer)."""
+    """SIGTERM (and Ctrl-C) raise ``KeyboardInterrupt`` in the main thread, the signal recorded first."""
     import signal
     import threading
 
-    def handler(signum, frame):  # noqa: ARG001
-        record(signum)
-        raise KeyboardInterrupt(f"signal {signum}")
-
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGTERM, raise_stop)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # Ctrl-C: the same, recorded
-            signal.signal(signal.SIGINT, handler)
+            signal.signal(signal.SIGINT, raise_stop)

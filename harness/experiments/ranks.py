@@ -115,14 +115,10 @@ def _stop_signals():
     handler exiting this process with the ranks still running)."""
     from harness import interrupts
 
-    def handler(signum, frame):  # noqa: ARG001
-        interrupts.record(signum)
-        raise KeyboardInterrupt(f"signal {signum}")
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)}
+    old = {sig: signal.signal(sig, interrupts.raise_stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)}
     try:
         yield
     finally:
