@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.config import MOVED
 from harness.experiments.grid import cell_status, find_cell_runs
 from harness.tracking.store import make_client
 from harness.tracking.store import tracking_uri as resolve_tracking_uri
@@ -37,12 +38,13 @@ log = logging.getLogger("analysis.data")
 
 # Config fields every table may want, whether or not the study varies them.
 SELECTED_PARAMS = (
-    "encoder.name", "encoder.trainable", "encoder.input_mode",
+    "encoder.name", "encoder.trainable", "encoder.whisper.input_mode",
     "adapter.projector", "adapter.k", "adapter.hidden",
     "llm.name", "llm.prompt_style", "llm.lora.enabled",
     "train.max_steps", "train.lr", "train.batch_size", "train.seed",
     "decode.beam", "decode.normaliser",
 )
+_OLD_KEYS = {new: old for old, new in MOVED.items()}  # a stale run of an older version logged the old key
 DEFAULT_HISTORY_METRICS = ("train/acc", "train/loss", "dev/acc", "dev/loss", "dev/wer")
 RUN_COLUMNS = ("run_id", "run_name", "cell_hash", "status", "state", "in_study")
 TRANSCRIPT_COLUMNS = ("id", "reference", "hypothesis", "errors", "ref_words")
@@ -138,8 +140,8 @@ def load_runs(
         for key in wanted:
             if cell is not None:  # same hash, same config: take the typed value from the study file
                 row[key] = cell.values[key] if key in cell.values else _config_value(cell, key)
-            elif key in run_params:  # a stale run: what it logged
-                row[key] = parse_param(run_params[key])
+            elif key in run_params or _OLD_KEYS.get(key) in run_params:  # a stale run: what it logged
+                row[key] = parse_param(run_params.get(key, run_params.get(_OLD_KEYS.get(key, ""))))
             else:  # a stale run that failed before logging params
                 row[key] = parse_param(tags.get(f"axis.{key}"))
         row.update(run.data.metrics)

@@ -147,10 +147,10 @@ def bench_config(setup: BenchSetup, variant: str):
         "decode": {"batch_size": 16},
     }
     if variant == "ours":
-        common["encoder"].update(input_mode="native", cache=True)
+        common["encoder"].update(whisper={"input_mode": "native"}, cache=True)
         common["train"].update(batch_seconds=round(setup.batch_size * mean, 1), batch_size=setup.batch_size)
     elif variant == "reference":
-        common["encoder"].update(input_mode="pad30", cache=False)
+        common["encoder"].update(whisper={"input_mode": "pad30"}, cache=False)
         common["train"].update(batch_size=setup.batch_size, full_vocab_logits=True)
     else:
         raise ValueError(f"unknown variant {variant!r}")
@@ -225,7 +225,7 @@ def _part_train(setup: BenchSetup, variant: str) -> dict[str, Any]:
     return {
         "variant": variant,
         "config": {k: v for k, v in asdict(cfg.train).items() if k in ("batch_size", "batch_seconds", "full_vocab_logits")}
-        | {"input_mode": cfg.encoder.input_mode, "cache": cfg.encoder.cache, "share_prefix": trainer.model.shares_prefix,
+        | {"input_mode": cfg.encoder.whisper.input_mode, "cache": cfg.encoder.cache, "share_prefix": trainer.model.shares_prefix,
            "packed_weights": trainer.model.packs_weights},
         "timed_steps": len(times),
         "seconds_per_step": seconds / len(times),
@@ -267,7 +267,7 @@ def _part_grid(setup: BenchSetup) -> dict[str, Any]:
         t0 = time.perf_counter()
         lookups = []  # per cell: finding which frames are cached (the first cell hashes the audio)
         for _ in range(GRID_CELLS):  # each cell: open the cache, fill what is missing, read its frames
-            cache = FeatureCache(encoder, reference=setup.encoder, input_mode="native", root=root)
+            cache = FeatureCache(encoder, reference=setup.encoder, root=root)
             t1 = time.perf_counter()
             cache.missing(utts)
             lookups.append({"seconds": time.perf_counter() - t1, "hashed": cache.digests.hashed})
@@ -303,7 +303,7 @@ def _part_decode(setup: BenchSetup) -> dict[str, Any]:
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, device=device).eval()
     model.load_state_dict(load_file(str(Path(setup.workdir) / "ours.safetensors"), device=str(device)), strict=False)
-    features = FeatureCache(model.encoder, reference=cfg.encoder.name, input_mode="native", root=cache_dir())
+    features = FeatureCache(model.encoder, reference=cfg.encoder.name, root=cache_dir())
     utts = read_manifest(setup.dev)[: setup.decode_utterances]
     features.fill(utts, progress=False)
     dc = cfg.decode

@@ -102,7 +102,7 @@ def measure_stage(name: str, root: Path, work: Path) -> dict[str, float]:
         if "cold" in name:  # nothing indexed yet: every file is read and hashed
             shutil.rmtree(work / "cache", ignore_errors=True)
             t0 = time.perf_counter()
-        cache = FeatureCache(pre["enc"], reference="tiny:whisper", input_mode="native", root=work / "cache")
+        cache = FeatureCache(pre["enc"], reference="tiny:whisper", root=work / "cache")
         assert len(cache.missing(pre["utts"])) == len(pre["utts"])  # nothing encoded: every utterance looked up
     elif name == "batch one epoch":
         batches_by_duration(pre["utts"], 60.0, seed=0, epoch=0)

@@ -93,11 +93,12 @@ def _echo_link(st, uri: str | None) -> None:
 
 
 def _select_cells(st, wanted: tuple[str, ...]) -> frozenset[str]:
-    """The hashes of the cells that ``--cell`` names: each value a hash prefix (4+ characters) or a run name,
-    matching exactly one cell."""
+    """The hashes of the cells that ``--cell`` names: each value a hash prefix (4+ characters; an older
+    identity version's hash also names its cell) or a run name, matching exactly one cell."""
     chosen = set()
     for w in wanted:
-        hits = [c for c in st.cells if c.name == w or (len(w) >= 4 and c.hash.startswith(w))]
+        hits = [c for c in st.cells if c.name == w or
+                (len(w) >= 4 and any(h.startswith(w) for h in (c.hash, *c.legacy_hashes.values())))]
         if len(hits) != 1:
             names = ", ".join(f"{c.hash[:12]} ({c.name})" for c in st.cells)
             what = "no cell" if not hits else f"{len(hits)} cells"

@@ -21,7 +21,7 @@ from harness.config.identity import (
     config_hash,
     execution_dict,
     experiment_dict,
-    legacy_hash,
+    legacy_hashes,
     manifest_digest,
 )
 from harness.config.keys import get_path, set_path
@@ -37,6 +37,7 @@ from harness.config.loading import (
 )
 from harness.config.run import (
     EXECUTION,
+    MOVED,
     AdapterConfig,
     CTCConfig,
     DataConfig,
@@ -45,8 +46,10 @@ from harness.config.run import (
     FrozenDict,
     LLMConfig,
     LoraConfig,
+    QFormerOptions,
     RunConfig,
     TrainConfig,
+    WhisperOptions,
     is_execution,
 )
 from harness.config.yamlfile import (
@@ -62,10 +65,10 @@ from harness.config.yamlfile import (
 )
 
 __all__ = [
-    "EXECUTION", "MAX_YAML_BYTES", "MAX_YAML_DEPTH", "MAX_YAML_VALUES", "AdapterConfig", "CTCConfig",
+    "EXECUTION", "MAX_YAML_BYTES", "MOVED", "MAX_YAML_DEPTH", "MAX_YAML_VALUES", "AdapterConfig", "CTCConfig",
     "ConfigError", "DataConfig", "DecodeConfig", "DuplicateKeyError", "EncoderConfig", "FrozenDict",
-    "LLMConfig", "LoraConfig", "RunConfig", "SourceMap", "TrainConfig", "YamlLoader", "build_config",
+    "LLMConfig", "LoraConfig", "QFormerOptions", "RunConfig", "SourceMap", "TrainConfig", "WhisperOptions", "YamlLoader", "build_config",
     "canonical_json", "coerce_setting", "coerce_value", "config_hash", "execution_dict", "experiment_dict",
-    "flatten", "get_path", "is_execution", "legacy_hash", "load_config", "manifest_digest", "parse_override",
+    "flatten", "get_path", "is_execution", "legacy_hashes", "load_config", "manifest_digest", "parse_override",
     "read_yaml", "set_path", "setting_type", "show", "to_dict", "to_yaml", "yaml_load",
 ]

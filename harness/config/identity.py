@@ -1,6 +1,6 @@
 """A run's identity: the hash of what defines the experiment, not of how it is executed.
 
-:func:`config_hash` (identity version 2) hashes the canonical JSON of the config with
+:func:`config_hash` (identity version 3) hashes the canonical JSON of the config with
 
 - every execution setting left out (fields marked :data:`~harness.config.run.EXECUTION`: device,
   compilation, logging and checkpoint cadence, the feature cache, the audio scan, the decode batch),
@@ -8,8 +8,10 @@
 - every manifest named by the digest of its content, not by its path: a changed manifest is a new
   cell, a moved one is not. ``data.optional_test`` is evaluation only and is left out.
 
-:func:`legacy_hash` is the identity stores were written with before version 2 (the whole config,
-manifests by path); the study runner finds a finished or interrupted cell under it and adopts it.
+Version 3 is version 2 with each family's options in its own section (``encoder.whisper.input_mode``,
+``adapter.qformer.*``). :func:`legacy_hashes` gives the identities older stores were written with:
+version 2, and version 1 (the whole config, manifests by path). The study runner, the search and
+the run folder find a finished or interrupted cell under any of them and adopt it.
 
 Example::
 
@@ -32,7 +34,7 @@ from harness.config.keys import get_path
 from harness.config.loading import to_dict
 from harness.config.run import CTCConfig, RunConfig, is_execution
 
-IDENTITY_VERSION = 2
+IDENTITY_VERSION = 3
 MISSING = "missing:"
 """Prefix of what stands for a manifest that does not exist (yet): ``missing:<path>``. Such a cell
 cannot have run; once the file is made, its digest names it."""
@@ -115,10 +117,18 @@ def config_hash(cfg: Any) -> str:
     return _sha256(_dumps({"identity": IDENTITY_VERSION, "experiment": experiment_dict(cfg)}))
 
 
-def legacy_hash(cfg: RunConfig) -> str:
-    """The identity before version 2: every setting, manifests by path (settings added later left
-    out at their defaults). Kept so that cells in older stores are found and adopted."""
-    data = to_dict(cfg)
+def _as_version_2(data: dict) -> dict:
+    """A config tree (plain data) in the shape versions 1 and 2 hashed: the per-family options
+    sections flattened back into the ``encoder`` and ``adapter`` keys they were."""
+    data = json.loads(json.dumps(data))
+    data["encoder"]["input_mode"] = data["encoder"].pop("whisper")["input_mode"]
+    qformer = data["adapter"].pop("qformer")
+    data["adapter"]["qformer_queries"], data["adapter"]["qformer_layers"] = qformer["queries"], qformer["layers"]
+    return data
+
+
+def _version_1(cfg: RunConfig) -> str:
+    data = _as_version_2(to_dict(cfg))
     for key, default in _LEGACY_ADDED_LATER.items():
         if get_path(cfg, key) == default:
             *parents, leaf = key.split(".")
@@ -127,3 +137,13 @@ def legacy_hash(cfg: RunConfig) -> str:
                 section = section[p]
             del section[leaf]
     return _sha256(_dumps(data))
+
+
+def legacy_hashes(cfg: RunConfig) -> dict[int, str]:
+    """The identities older stores knew this run by, newest first: ``{2: ..., 1: ...}``.
+
+    Version 2: this version's experiment settings in the old shape (options not yet in their
+    family's section). Version 1: every setting, manifests by path (settings added later left out at
+    their defaults). Kept so that cells in older stores are found and adopted."""
+    v2 = _sha256(_dumps({"identity": 2, "experiment": _as_version_2(experiment_dict(cfg))}))
+    return {2: v2, 1: _version_1(cfg)}

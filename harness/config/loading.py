@@ -20,7 +20,7 @@ import yaml
 from harness.config.errors import ConfigError, show
 from harness.registry import did_you_mean
 from harness.config.keys import set_path
-from harness.config.run import FrozenDict, RunConfig, validate
+from harness.config.run import MOVED, FrozenDict, RunConfig, validate
 from harness.config.yamlfile import SourceMap, parse_override, read_yaml
 
 # --------------------------------------------------------------------------------------------
@@ -129,6 +129,8 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _unknown_key(path: str, names: list[str], section: str, at: str) -> ConfigError:
+    if path in MOVED:
+        return ConfigError(f"{at}{path}: this key moved to {MOVED[path]!r} (the option belongs to one family)")
     hint = did_you_mean(path.rsplit(".", 1)[-1], names)
     return ConfigError(f"{at}unknown key {path!r}{hint}. Valid keys of {section}: {', '.join(names)}")
 

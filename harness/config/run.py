@@ -77,12 +77,34 @@ class DataConfig:
     """A file the scan finds bad: skip its utterance (counted, listed in bad_audio.jsonl) or stop the run."""
 
 
+# Per-family options: a section named after the encoder family or projector that reads it, and
+# nothing else does (a new family with options adds one dataclass here and one field below).
+
+
+@dataclass(frozen=True)
+class WhisperOptions:
+    """Options of the Whisper encoder family (``encoder.whisper.*``); other families ignore them."""
+
+    input_mode: Literal["native", "pad30"] = "native"
+    """``pad30`` pads log-mel to 30 s as the paper; ``native`` keeps the utterance's length."""
+
+
+@dataclass(frozen=True)
+class QFormerOptions:
+    """Options of the ``qformer`` projector (``adapter.qformer.*``); other projectors ignore them."""
+
+    queries: int = 1
+    """Learned queries per window of k frames (output tokens per window)."""
+    layers: int = 2
+    """Number of transformer layers."""
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     name: str = "pack:whisper-tiny.en"
     """Model reference: ``hf:<id or folder>``, ``pack:<name>`` or ``tiny:<name>``."""
-    input_mode: Literal["native", "pad30"] = "native"
-    """Whisper only: ``pad30`` pads log-mel to 30 s as the paper; ``native`` keeps the utterance's length."""
+    whisper: WhisperOptions = field(default_factory=WhisperOptions)
+    """Whisper's own options."""
     trainable: bool = False
     """Train the encoder with the projector (the paper freezes it)."""
     cache: bool = field(default=True, metadata=EXECUTION)
@@ -118,10 +140,8 @@ class AdapterConfig:
     """Frames left over after the last full group of k: dropped (the paper) or zero-padded."""
     hidden: int = 2048
     """Hidden size of the projector MLP."""
-    qformer_queries: int = 1
-    """Q-Former: learned queries per window of k frames (output tokens per window)."""
-    qformer_layers: int = 2
-    """Q-Former: number of transformer layers."""
+    qformer: QFormerOptions = field(default_factory=QFormerOptions)
+    """The Q-Former projector's own options."""
     output_norm: bool = False
     """RMS-normalise the projector's output to the LLM's token-embedding scale."""
     ctc: CTCConfig = field(default_factory=CTCConfig)
@@ -250,8 +270,8 @@ CHECKS: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("data.max_duration", lambda v: v > 0, "> 0"),
     ("adapter.k", lambda v: v >= 1, ">= 1"),
     ("adapter.hidden", lambda v: v >= 1, ">= 1"),
-    ("adapter.qformer_queries", lambda v: v >= 1, ">= 1"),
-    ("adapter.qformer_layers", lambda v: v >= 1, ">= 1"),
+    ("adapter.qformer.queries", lambda v: v >= 1, ">= 1"),
+    ("adapter.qformer.layers", lambda v: v >= 1, ">= 1"),
     ("adapter.ctc.weight", lambda v: math.isfinite(v) and v >= 0, ">= 0 and finite"),
     ("adapter.ctc.lm_after", lambda v: v >= 0, ">= 0"),
     ("llm.lora.rank", lambda v: v >= 1, ">= 1"),
@@ -277,6 +297,13 @@ CHECKS: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("decode.tokens_per_position", lambda v: v is None or v > 0, "> 0 or null"),
 ]
 _REFERENCE_SCHEMES = ("hf:", "pack:", "tiny:")
+
+MOVED: dict[str, str] = {
+    "encoder.input_mode": "encoder.whisper.input_mode",
+    "adapter.qformer_queries": "adapter.qformer.queries",
+    "adapter.qformer_layers": "adapter.qformer.layers",
+}
+"""Keys that moved into a family's own options: old key -> new key (named by the unknown-key error)."""
 
 
 def validate(cfg: RunConfig, where: typing.Callable[[str], str]) -> None:

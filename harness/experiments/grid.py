@@ -27,8 +27,9 @@ log = logging.getLogger("harness.study")
 def find_cell_runs(client, experiment_id: str, study: str, cells: Sequence[Cell] = ()) -> dict[str, Any]:
     """cell hash -> latest MLflow run of that cell in this study.
 
-    A run tagged with the legacy identity of one of ``cells`` (written before identity version 2)
-    is listed under that cell's current hash, unless the cell has a run under its current hash."""
+    A run tagged with an older identity of one of ``cells`` (written before the current identity
+    version; the newest such run wins) is listed under that cell's current hash, unless the cell has
+    a run under its current hash."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{tags.STUDY}` = '{study}' and tags.`{tags.KIND}` = 'cell'",
@@ -37,8 +38,9 @@ def find_cell_runs(client, experiment_id: str, study: str, cells: Sequence[Cell]
     )
     found = {r.data.tags[tags.CELL_HASH]: r for r in runs}
     for cell in cells:
-        if cell.hash not in found and cell.legacy_hash in found:
-            found[cell.hash] = found.pop(cell.legacy_hash)
+        old = [h for h in cell.legacy_hashes.values() if h in found]
+        if cell.hash not in found and old:
+            found[cell.hash] = found.pop(old[0])
     return found
 
 
@@ -140,13 +142,15 @@ def _close_parent(client, exp_id: str, study: Study, *, claim_timeout: float) ->
 
 
 def _cell_run(client, exp_id: str, study: Study, cell: Cell) -> Any | None:
-    """The cell's latest run; one an older version tagged with the cell's legacy identity is adopted
-    (re-tagged with the current one, the old kept as ``harness.cell_hash_v1``)."""
+    """The cell's latest run; one an older version tagged with an older identity of the cell is
+    adopted (re-tagged with the current one, the old kept as ``harness.cell_hash_v<version>``)."""
     run = find_cell_runs(client, exp_id, study.name, [cell]).get(cell.hash)
     if run is not None and run.data.tags.get(tags.CELL_HASH) != cell.hash:
-        with_retries(client.set_tag, run.info.run_id, tags.CELL_HASH_V1, run.data.tags[tags.CELL_HASH])
+        old = run.data.tags[tags.CELL_HASH]
+        version = next(v for v, h in cell.legacy_hashes.items() if h == old)
+        with_retries(client.set_tag, run.info.run_id, tags.older_cell_hash(version), old)
         with_retries(client.set_tag, run.info.run_id, tags.CELL_HASH, cell.hash)
-        log.info("%s: adopted run %s of an older version (identity %s)", cell.name, run.info.run_id, cell.legacy_hash[:12])
+        log.info("%s: adopted run %s of identity version %d (%s)", cell.name, run.info.run_id, version, old[:12])
         run = client.get_run(run.info.run_id)
     return run
 

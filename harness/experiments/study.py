@@ -40,7 +40,7 @@ from harness.config import (
     config_hash,
     execution_dict,
     get_path,
-    legacy_hash,
+    legacy_hashes,
     parse_override,
     read_yaml,
     set_path,
@@ -71,7 +71,7 @@ class Cell:
     config: RunConfig
     hash: str
     name: str = ""  # the MLflow run name (see :func:`run_name`)
-    legacy_hash: str = ""  # the identity older stores knew it by (see :func:`harness.config.legacy_hash`)
+    legacy_hashes: dict[int, str] = field(default_factory=dict)  # version -> identity older stores knew it by (:func:`harness.config.legacy_hashes`)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -110,7 +110,7 @@ def _short(key: str, value: Any) -> str:
         return "trainable" if value else "frozen"
     if key == "llm.lora.enabled":
         return "lora" if value else "no-lora"
-    if key in ("adapter.projector", "llm.prompt_style", "encoder.input_mode", "llm.casing"):
+    if key in ("adapter.projector", "llm.prompt_style", "encoder.whisper.input_mode", "llm.casing"):
         return str(value)
     if value == "":
         return f"{leaf}=''"
@@ -346,7 +346,7 @@ def _cells(choices: list[Choice], base: dict, base_cfg: RunConfig, axis_keys: li
         # Named by every product axis, plus the include-only keys where the cell leaves the base value:
         # a one-factor-at-a-time study reads "lora", "lr=0.003", "base" rather than every key of every include.
         shown = {k: v for k, v in ordered.items() if k in product_keys or v != base_values[k]}
-        cells.append(Cell(ordered, cfg, h, run_name(shown), legacy_hash(cfg)))
+        cells.append(Cell(ordered, cfg, h, run_name(shown), legacy_hashes(cfg)))
     if not cells:
         raise ConfigError(
             f"{where('exclude')}the study has no cells: its exclude entries drop every cell of the product")

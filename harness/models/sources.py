@@ -113,16 +113,10 @@ def load_encoder(reference: str) -> tuple[nn.Module, Any]:
     ref = Reference.parse(reference)
     if ref.scheme == "tiny":
         return TINY_ENCODERS.get(ref.target)()
-    from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+    from transformers import AutoFeatureExtractor, AutoModel
 
     folder = _hf_folder(ref)
-    config = _from_pretrained(AutoConfig.from_pretrained, folder)
     fe = _from_pretrained(AutoFeatureExtractor.from_pretrained, folder)
-    if config.model_type == "whisper":
-        from transformers import WhisperModel
-
-        model = _from_pretrained(WhisperModel.from_pretrained, folder, dtype=torch.float32)
-        return model.get_encoder(), fe
     return _from_pretrained(AutoModel.from_pretrained, folder, dtype=torch.float32), fe
 
 

@@ -138,9 +138,10 @@ class AudioDigests:
                 tmp.write_text(json.dumps(merged, separators=(",", ":")))
 
 
-def encoder_fingerprint(encoder: SpeechEncoder, reference: str, input_mode: str) -> str:
-    """Identity of what the encoder computes: reference, input mode and a digest of every weight."""
-    h = hashlib.sha256(f"{reference}\n{input_mode}\n{type(encoder).__name__}".encode())
+def encoder_fingerprint(encoder: SpeechEncoder, reference: str) -> str:
+    """Identity of what the encoder computes: reference, options (:attr:`SpeechEncoder.cache_key`)
+    and a digest of every weight."""
+    h = hashlib.sha256(f"{reference}\n{encoder.cache_key}\n{type(encoder).__name__}".encode())
     for name, t in sorted(encoder.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
@@ -172,9 +173,9 @@ def encoder_batches(utts: Sequence[Utterance], batch_seconds: float) -> list[lis
 class FeatureCache:
     """Encoder frames for utterances, computed once and memory-cheap to reload."""
 
-    def __init__(self, encoder: SpeechEncoder, *, reference: str, input_mode: str, root: str | Path) -> None:
+    def __init__(self, encoder: SpeechEncoder, *, reference: str, root: str | Path) -> None:
         self.encoder = encoder
-        self.fingerprint = encoder_fingerprint(encoder, reference, input_mode)
+        self.fingerprint = encoder_fingerprint(encoder, reference)
         self.dir = Path(root) / "features" / self.fingerprint
         self.digests = AudioDigests(Path(root) / "features" / "audio-digests")
         self._digests: dict[str, str] = {}  # audio path -> content digest, for this process

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from harness.run import checkpoint, distributed
 from harness.run.checkpoint import CheckpointError
-from harness.config import RunConfig, config_hash, execution_dict, flatten, legacy_hash, manifest_digest, to_yaml
+from harness.config import RunConfig, config_hash, execution_dict, flatten, legacy_hashes, manifest_digest, to_yaml
 from harness.data.batching import batches_by_count, batches_by_duration, batches_shortest_first
 from harness.data.manifest import Utterance, check_audio_files, read_manifest
 from harness.run.emergence import find_emergence, plot_curve
@@ -146,14 +146,17 @@ class _NullTracker:
 
 
 def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
-    """``root/<hash[:12]>``; a folder an older version named by the run's legacy identity is renamed
-    to it (so an interrupted run resumes from its checkpoint)."""
-    new, old = Path(root) / config_hash(cfg)[:12], Path(root) / legacy_hash(cfg)[:12]
-    if not new.exists() and old.is_dir():
-        try:
-            old.rename(new)
-        except OSError:  # another worker moved it first
-            pass
+    """``root/<hash[:12]>``; a folder an older version named by an older identity of the run is
+    renamed to it (so an interrupted run resumes from its checkpoint)."""
+    new = Path(root) / config_hash(cfg)[:12]
+    for old in (Path(root) / h[:12] for h in legacy_hashes(cfg).values()):
+        if new.exists():
+            break
+        if old.is_dir():
+            try:
+                old.rename(new)
+            except OSError:  # another worker moved it first
+                pass
     return new
 
 
@@ -212,7 +215,7 @@ class Trainer:
 
     def _check_out_dir(self) -> None:
         path = self.out_dir / "config.yaml"
-        if path.exists() and (self.out_dir / "config_hash").read_text().strip() not in (self.hash, legacy_hash(self.cfg)):
+        if path.exists() and (self.out_dir / "config_hash").read_text().strip() not in (self.hash, *legacy_hashes(self.cfg).values()):
             raise RuntimeError(f"{self.out_dir} holds a run of another configuration; choose another output folder")
         path.write_text(to_yaml(self.cfg))
         (self.out_dir / "config_hash").write_text(self.hash + "\n")
@@ -304,8 +307,7 @@ class Trainer:
             return None
         from harness.cache import cache_dir
 
-        cache = FeatureCache(self.model.encoder, reference=self.cfg.encoder.name,
-                             input_mode=self.cfg.encoder.input_mode, root=cache_dir())
+        cache = FeatureCache(self.model.encoder, reference=self.cfg.encoder.name, root=cache_dir())
         utts = [*self.data.train, *self.data.dev[: self.cfg.train.eval_utterances], *(u for v in self.data.tests.values() for u in v)]
         if self.dist.is_main:
             cache.fill(utts, progress=self.progress)

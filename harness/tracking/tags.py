@@ -7,8 +7,10 @@ STUDY = "harness.study"
 """The study's name."""
 CELL_HASH = "harness.cell_hash"
 """The cell's identity (:func:`harness.config.config_hash`)."""
-CELL_HASH_V1 = "harness.cell_hash_v1"
-"""The legacy identity a cell of an older store was found by, kept when it is adopted."""
+def older_cell_hash(version: int) -> str:
+    """``harness.cell_hash_v<version>``: the identity of an older version that a cell of an older
+    store was found by, kept on its run when the run is adopted (see :func:`harness.config.legacy_hashes`)."""
+    return f"harness.cell_hash_v{version}"
 HEARTBEAT = "harness.heartbeat"
 """Unix time of the running worker's last beat; stale after the claim timeout."""
 GENERATION = "harness.generation"

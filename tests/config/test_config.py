@@ -161,7 +161,7 @@ def test_unknown_key_suggests_and_lists() -> None:
         ("encoder.trainable=1", r"encoder.trainable: expected bool, got 1"),
         ("encoder.trainable=yes", r"encoder.trainable: expected bool, got 'yes'"),
         ("train.lr=fast", r"train.lr: expected float, got 'fast'"),
-        ("encoder.input_mode=pad20", r"encoder.input_mode: expected one of 'native', 'pad30', got 'pad20'"),
+        ("encoder.whisper.input_mode=pad20", r"encoder.whisper.input_mode: expected one of 'native', 'pad30', got 'pad20'"),
         ("llm.lora.target_modules=q_proj", r"llm.lora.target_modules: expected a list of str"),
         ("llm.lora.target_modules=[q_proj, 3]", r"llm.lora.target_modules\[1\]: expected str, got 3"),
         ("data.max_train_utterances=all", r"data.max_train_utterances: expected int or null"),

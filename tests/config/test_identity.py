@@ -25,7 +25,7 @@ from harness.config import (
     config_hash,
     execution_dict,
     is_execution,
-    legacy_hash,
+    legacy_hashes,
     load_config,
     to_dict,
 )
@@ -90,7 +90,7 @@ def test_each_setting_is_in_the_identity_exactly_when_it_defines_the_experiment(
     else:
         assert not same, f"{key} changes what is learned: it must make a new cell"
     # The legacy identity hashed everything; it still tells them all apart (older stores hold those hashes).
-    assert legacy_hash(cfg) != legacy_hash(RunConfig())
+    assert legacy_hashes(cfg)[1] != legacy_hashes(RunConfig())[1]
 
 
 def test_manifests_count_by_content_not_by_path(tmp_path: Path) -> None:
@@ -108,11 +108,42 @@ def test_manifests_count_by_content_not_by_path(tmp_path: Path) -> None:
     assert missing[0] != missing[1]  # two manifests not made yet are still two cells
 
 
-def test_the_legacy_identity_is_the_one_older_stores_were_written_with() -> None:
+def test_the_version_1_identity_is_the_one_older_stores_were_written_with() -> None:
     # Known answers, computed with the identity before version 2 (the whole config, manifests by path).
-    assert legacy_hash(RunConfig()) == "0b67647f84dbbe3bac59fbe2a45216f7c170f01033d2b1dd0c582b85eab8a81e"
+    assert legacy_hashes(RunConfig())[1] == "0b67647f84dbbe3bac59fbe2a45216f7c170f01033d2b1dd0c582b85eab8a81e"
     cfg = load_config(None, ["adapter.ctc.weight=1.0", "train.compile=true", "decode.batch_size=4", "data.test={a: x.jsonl}"])
-    assert legacy_hash(cfg) == "1db6152186368b4266d755a49e3f8d3114770b063cfa50c9e814e7ebdc868943"
+    assert legacy_hashes(cfg)[1] == "1db6152186368b4266d755a49e3f8d3114770b063cfa50c9e814e7ebdc868943"
+    # The options that moved into their family's section hash as they did before.
+    qformer = ["adapter.projector=qformer", "adapter.qformer.queries=2", "adapter.qformer.layers=3"]
+    assert legacy_hashes(load_config(None, qformer))[1] == "0165b53b6e3147b6b7ff2c69d29d46bb2fcf18a504bad8a2c15b6b67c579e73e"
+    pad30 = load_config(None, ["encoder.whisper.input_mode=pad30"])
+    assert legacy_hashes(pad30)[1] == "0aa28123f2284bd33cf01b72f6f52698407472be083e97f3551550954c0d287e"
+
+
+@pytest.mark.parametrize("overrides,known", [
+    ((), "4a441f397e226c06bbd4e0bfbb01826935238d0cf4bb062995ef065af8f53a4f"),
+    (("adapter.projector=qformer", "adapter.qformer.queries=2", "adapter.qformer.layers=3"),
+     "1a0c648665d3666f03c12a4cf295302a4d43ece165cac402e119365d02350720"),
+    (("encoder.whisper.input_mode=pad30",), "651c729d76dfc2596c11bcff82df087c9877a1e0b31735a5eaa193940f07c297"),
+])
+def test_the_version_2_identity_is_the_one_older_stores_were_written_with(tmp_path: Path, overrides, known) -> None:
+    # Known answers, computed with the version-2 code (options then at encoder.input_mode and
+    # adapter.qformer_queries / qformer_layers), manifests by the digest of these bytes.
+    m = tmp_path / "m.jsonl"
+    m.write_text('{"id": "u1", "audio": "x.wav", "text": "HELLO", "duration": 1.0}\n')
+    cfg = load_config(None, [f"data.train={m}", f"data.dev={m}", f"data.test={{a: {m}}}", *overrides])
+    assert legacy_hashes(cfg)[2] == known
+    assert config_hash(cfg) not in legacy_hashes(cfg).values()  # version 3 names it anew
+
+
+@pytest.mark.parametrize("old,new", [("encoder.input_mode", "encoder.whisper.input_mode"),
+                                     ("adapter.qformer_queries", "adapter.qformer.queries"),
+                                     ("adapter.qformer_layers", "adapter.qformer.layers")])
+def test_a_moved_key_names_where_it_went(old: str, new: str) -> None:
+    with pytest.raises(ConfigError, match=rf"override '{re.escape(old)}=1': {re.escape(old)}: this key moved to '{re.escape(new)}'"):
+        load_config(None, [f"{old}=1"])
+    with pytest.raises(ConfigError, match=rf"this key moved to '{re.escape(new)}'"):
+        build_config({old.split(".")[0]: {old.split(".")[1]: 1}})
 
 
 def test_the_config_tree_is_immutable_and_hashable() -> None:
@@ -210,15 +241,18 @@ def test_a_failed_cell_resumes_with_other_execution_settings(tmp_path: Path, lib
     assert client.get_run(first.run_id).data.tags["exec.decode.batch_size"] == "5"  # this attempt's, as a tag
 
 
-def _as_an_older_version_left_it(client, out, runs_root: Path) -> None:
-    """Tag the cell's run with its legacy identity and name its folder (and hash file) by it."""
-    client.set_tag(out.run_id, TAG_HASH, out.cell.legacy_hash)
-    old = runs_root / out.cell.legacy_hash[:12]
+def _as_an_older_version_left_it(client, out, runs_root: Path, version: int) -> str:
+    """Tag the cell's run with the identity of an older version and name its folder (and hash file) by it."""
+    legacy = out.cell.legacy_hashes[version]
+    client.set_tag(out.run_id, TAG_HASH, legacy)
+    old = runs_root / legacy[:12]
     (runs_root / out.cell.hash[:12]).rename(old)
-    (old / "config_hash").write_text(out.cell.legacy_hash + "\n")
+    (old / "config_hash").write_text(legacy + "\n")
+    return legacy
 
 
-def test_a_finished_cell_of_an_older_store_is_found_and_skipped(tmp_path: Path, libri, monkeypatch) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_finished_cell_of_an_older_store_is_found_and_skipped(tmp_path: Path, libri, monkeypatch, version: int) -> None:
     from analysis.data import load_runs
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
@@ -227,13 +261,13 @@ def test_a_finished_cell_of_an_older_store_is_found_and_skipped(tmp_path: Path, 
     path = write_study(tmp_path, "old", base_config(d, max_steps=2, checkpoint_every=1))
     [done] = run_study(load_study(path), uri=uri, runs_root=tmp_path / "runs", progress=False)
     client = make_client(uri)
-    _as_an_older_version_left_it(client, done, tmp_path / "runs" / "old")
+    legacy = _as_an_older_version_left_it(client, done, tmp_path / "runs" / "old", version)
     runs = load_runs(path, tracking_uri=uri)  # analysis reads the old store as it is
     assert list(runs["run_id"]) == [done.run_id] and list(runs["cell_hash"]) == [done.cell.hash]
     [again] = run_study(load_study(path), uri=uri, runs_root=tmp_path / "runs", progress=False)
     assert (again.status, again.run_id) == ("skipped-done", done.run_id)
     tags = client.get_run(done.run_id).data.tags
-    assert (tags[TAG_HASH], tags["harness.cell_hash_v1"]) == (done.cell.hash, done.cell.legacy_hash)
+    assert (tags[TAG_HASH], tags[f"harness.cell_hash_v{version}"]) == (done.cell.hash, legacy)
 
 
 def test_an_unfinished_cell_of_an_older_store_resumes_from_its_folder(tmp_path: Path, libri, monkeypatch, caplog) -> None:
@@ -245,7 +279,7 @@ def test_an_unfinished_cell_of_an_older_store_resumes_from_its_folder(tmp_path: 
     [first] = run_study(load_study(path), uri=uri, runs_root=tmp_path / "runs", progress=False)
     assert first.status == "failed"
     client = make_client(uri)
-    _as_an_older_version_left_it(client, first, tmp_path / "runs" / "old")
+    legacy = _as_an_older_version_left_it(client, first, tmp_path / "runs" / "old", 2)
     (tmp_path / "dev.flac").write_bytes(real)
     caplog.clear()
     [again] = run_study(load_study(path), uri=uri, runs_root=tmp_path / "runs", progress=False, retry_failed=True)
@@ -254,4 +288,4 @@ def test_an_unfinished_cell_of_an_older_store_resumes_from_its_folder(tmp_path: 
     assert steps_of(client, first.run_id) == [1, 2, 3, 4, 5]  # resumed at the step-2 checkpoint of the old folder
     assert_no_duplicates(client, first.run_id)
     assert (tmp_path / "runs" / "old" / first.cell.hash[:12] / "checkpoint").is_dir()
-    assert not (tmp_path / "runs" / "old" / first.cell.legacy_hash[:12]).exists()
+    assert not (tmp_path / "runs" / "old" / legacy[:12]).exists()

@@ -147,7 +147,7 @@ from harness.run.features import FeatureCache
 from harness.models import build_encoder
 
 cfg = load_config(None, ["encoder.name=tiny:whisper", "llm.name=tiny:llama", "adapter.hidden=64"])
-cache = FeatureCache(build_encoder(cfg), reference=cfg.encoder.name, input_mode=cfg.encoder.input_mode, root=sys.argv[1])
+cache = FeatureCache(build_encoder(cfg), reference=cfg.encoder.name, root=sys.argv[1])
 print(cache.fill(read_manifest(sys.argv[2]), batch_seconds=1.0, progress=False))
 """
 

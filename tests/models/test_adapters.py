@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.config import AdapterConfig
+from harness.config import AdapterConfig, QFormerOptions
 from harness.models.projectors import PROJECTORS, Downsampler, LinearProjector
 
 KS = list(range(1, 11))
@@ -106,7 +106,7 @@ def test_linear_projector_parameter_count_paper_k5(d_enc: int, d_llm: int, expec
 
 def _projector(name: str, k: int, tail: str, **kw) -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = AdapterConfig(projector=name, k=k, tail=tail, hidden=32, qformer_layers=1, **kw)
+    cfg = AdapterConfig(projector=name, k=k, tail=tail, hidden=32, qformer=QFormerOptions(layers=1, **kw))
     return PROJECTORS.get(name)(D_ENC, D_LLM, cfg).eval()
 
 
@@ -142,7 +142,7 @@ def test_projector_batch_equals_one_by_one(name: str, k: int, tail: str) -> None
 
 @pytest.mark.parametrize("queries", [2, 3])
 def test_qformer_queries_multiply_the_length(queries: int) -> None:
-    proj = _projector("qformer", 4, "pad", qformer_queries=queries)
+    proj = _projector("qformer", 4, "pad", queries=queries)
     x, lengths = _batch()
     with torch.no_grad():
         y, out_len = proj(x, lengths)
@@ -154,7 +154,7 @@ def test_qformer_queries_multiply_the_length(queries: int) -> None:
 @pytest.mark.parametrize("hidden", [64, 200, 500, 2048])
 def test_qformer_builds_for_any_hidden_size(hidden: int) -> None:
     """Attention heads must divide the Q-Former width (hidden=200 once gave 3 heads and crashed)."""
-    proj = PROJECTORS.get("qformer")(D_ENC, D_LLM, AdapterConfig(projector="qformer", k=2, hidden=hidden, qformer_layers=1))
+    proj = PROJECTORS.get("qformer")(D_ENC, D_LLM, AdapterConfig(projector="qformer", k=2, hidden=hidden, qformer=QFormerOptions(layers=1)))
     width = min(hidden, 768)
     assert proj.qformer.config.hidden_size == width
     assert width % proj.qformer.config.num_attention_heads == 0

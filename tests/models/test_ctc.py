@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import audio, tiny_config
-from harness.config import ConfigError, config_hash, legacy_hash, load_config
+from harness.config import ConfigError, config_hash, legacy_hashes, load_config
 from harness.data.manifest import write_manifest
 from harness.models import build_model
 from harness.models.ctc import CTCHead
@@ -159,10 +159,10 @@ def test_default_ctc_section_keeps_old_identities() -> None:
     """Runs recorded before the ctc section existed keep their legacy hash (the values below are what the
     code before it gave), which the runner adopts; any CTC setting makes a new cell."""
     base = load_config(None, [])
-    assert legacy_hash(base) == "0b67647f84dbbe3bac59fbe2a45216f7c170f01033d2b1dd0c582b85eab8a81e"
+    assert legacy_hashes(base)[1] == "0b67647f84dbbe3bac59fbe2a45216f7c170f01033d2b1dd0c582b85eab8a81e"
     other = load_config(None, ["adapter.k=10", "llm.prompt_style=plain"])
-    assert legacy_hash(other) == "baf6d65095c6200d0b423c098f3fa35ee4c79c2a23f4b7e185af38c4c19b4f9f"
-    for identity in (config_hash, legacy_hash):
+    assert legacy_hashes(other)[1] == "baf6d65095c6200d0b423c098f3fa35ee4c79c2a23f4b7e185af38c4c19b4f9f"
+    for identity in (config_hash, lambda c: legacy_hashes(c)[1]):
         assert identity(load_config(None, ["adapter.ctc.weight=1"])) != identity(base)
         assert identity(load_config(None, ["adapter.ctc.weight=0"])) == identity(base)
 

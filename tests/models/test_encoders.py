@@ -62,7 +62,7 @@ def test_whisper_native_lengths_follow_the_conv_formula(whisper_waves) -> None:
 
 
 def test_whisper_pad30_gives_every_utterance_all_positions(whisper_waves) -> None:
-    enc = _encoder("tiny:whisper", "encoder.input_mode=pad30")
+    enc = _encoder("tiny:whisper", "encoder.whisper.input_mode=pad30")
     frames, lengths = _check_lengths(enc, whisper_waves[:3])
     max_pos = enc.encoder.config.max_source_positions
     assert max_pos == 1500
@@ -82,7 +82,7 @@ def test_whisper_native_batch_equals_one_by_one(whisper_waves) -> None:
 
 def test_whisper_pad30_equals_transformers_forward(whisper_waves) -> None:
     """On 30-s input our module-by-module path is transformers' ``WhisperEncoder.forward``."""
-    enc = _encoder("tiny:whisper", "encoder.input_mode=pad30")
+    enc = _encoder("tiny:whisper", "encoder.whisper.input_mode=pad30")
     waves = whisper_waves[:2]
     fe = WhisperFeatureExtractor(feature_size=80)
     feats = fe([w.numpy() for w in waves], sampling_rate=16000, return_tensors="pt").input_features
@@ -102,7 +102,7 @@ def test_whisper_native_is_not_pad30(whisper_waves) -> None:
     w = whisper_waves[1]
     with torch.no_grad():
         native, n = _encoder("tiny:whisper")([w])
-        padded, _ = _encoder("tiny:whisper", "encoder.input_mode=pad30")([w])
+        padded, _ = _encoder("tiny:whisper", "encoder.whisper.input_mode=pad30")([w])
     assert not torch.allclose(native[0], padded[0, : int(n[0])], atol=1e-3)
 
 
@@ -110,7 +110,7 @@ def test_whisper_rejects_more_than_its_window(whisper_waves) -> None:
     long = torch.cat([whisper_waves[2], whisper_waves[2]])  # 32 s of real speech
     for mode in ("native", "pad30"):
         with pytest.raises(ValueError, match="longer than Whisper's 30-s window"):
-            _encoder("tiny:whisper", f"encoder.input_mode={mode}")([long])
+            _encoder("tiny:whisper", f"encoder.whisper.input_mode={mode}")([long])
 
 
 def test_whisper_frame_counts_come_from_the_model_config(whisper_waves) -> None:

@@ -299,11 +299,11 @@ def test_output_norm_matches_the_embedding_rms(utts) -> None:
     [
         ("adapter.projector=linear",),
         ("adapter.projector=conv1d", "adapter.k=3"),
-        ("adapter.projector=qformer", "adapter.k=4", "adapter.tail=pad", "adapter.qformer_queries=2"),
+        ("adapter.projector=qformer", "adapter.k=4", "adapter.tail=pad", "adapter.qformer.queries=2"),
         ("encoder.name=tiny:hubert", "adapter.k=40"),
         ("encoder.name=tiny:wavlm", "adapter.k=40"),
         ("encoder.name=tiny:wav2vec2", "adapter.k=40"),
-        ("encoder.input_mode=pad30",),
+        ("encoder.whisper.input_mode=pad30",),
     ],
 )
 def test_every_encoder_and_projector_trains_end_to_end(overrides: tuple[str, ...], utts) -> None:

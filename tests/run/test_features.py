@@ -37,8 +37,7 @@ def utts(tmp_path: Path, utts_by_duration) -> list:
 
 
 def _cache(encoder, root: Path, **kw) -> FeatureCache:
-    return FeatureCache(encoder, reference=kw.get("reference", "tiny:whisper"), input_mode=kw.get("input_mode", "native"),
-                        root=root)
+    return FeatureCache(encoder, reference=kw.get("reference", "tiny:whisper"), root=root)
 
 
 def test_a_miss_is_encoded_once_and_then_read_back(encoder, utts, tmp_path: Path) -> None:
@@ -94,7 +93,9 @@ def test_a_changed_encoder_or_input_mode_never_reads_old_frames(encoder, utts, t
     cache = _cache(encoder, root)
     cache.fill(utts, progress=False)
 
-    assert _cache(encoder, root, input_mode="pad30").missing(utts) == utts
+    pad30 = build_encoder(tiny_config("encoder.whisper.input_mode=pad30"))
+    pad30.load_state_dict(encoder.state_dict())
+    assert _cache(pad30, root).missing(utts) == utts
     assert _cache(encoder, root, reference="tiny:other").missing(utts) == utts
     changed = build_encoder(tiny_config())
     changed.load_state_dict(encoder.state_dict())

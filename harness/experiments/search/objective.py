@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from harness.config import ConfigError, RunConfig, config_hash, legacy_hash
+from harness.config import ConfigError, RunConfig, config_hash, legacy_hashes
 from harness.experiments.study import Study, run_name
 from harness.tracking import tags
 from harness.tracking.liveness import Heartbeat
@@ -121,7 +121,7 @@ class Objective:
         """A retried trial continues its original's checkpoint and MLflow run when they are here."""
         old_dir = Path(attrs[ATTR_OUT_DIR]) if ATTR_OUT_DIR in attrs else None
         if old_dir is not None and attrs.get(ATTR_RUN_ID) and (old_dir / "checkpoint").exists() and \
-                attrs.get(ATTR_HASH) in (config_hash(cfg), legacy_hash(cfg)):
+                attrs.get(ATTR_HASH) in (config_hash(cfg), *legacy_hashes(cfg).values()):
             run_id = attrs[ATTR_RUN_ID]
             with_retries(self.client.update_run, run_id, status="RUNNING")
             with_retries(self.client.set_tag, run_id, "optuna.trial_number", str(trial.number))

@@ -29,6 +29,13 @@ class SpeechEncoder(nn.Module):
         return cls(model, feature_extractor)
 
     @property
+    def cache_key(self) -> str:
+        """What, besides the weights, decides the frames this encoder computes (its options), as
+        text for the feature cache's fingerprint. A family without options keeps ``"native"``,
+        the text caches were written with before options had their own section."""
+        return "native"
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 

@@ -51,8 +51,14 @@ class WhisperSpeechEncoder(SpeechEncoder):
 
     @classmethod
     def from_model(cls, model: nn.Module, feature_extractor, options: EncoderConfig) -> "WhisperSpeechEncoder":
-        """``encoder.input_mode`` is Whisper's own option."""
-        return cls(model, feature_extractor, input_mode=options.input_mode)
+        """``model``: Whisper's encoder, or a whole Whisper model (its encoder is kept).
+        ``encoder.whisper.*`` are Whisper's own options."""
+        encoder = model if hasattr(model, "conv1") else model.get_encoder()
+        return cls(encoder, feature_extractor, input_mode=options.whisper.input_mode)
+
+    @property
+    def cache_key(self) -> str:
+        return self.input_mode
 
     def num_frames(self, num_samples: int) -> int:
         if self.input_mode == "pad30":

@@ -13,9 +13,9 @@ from harness.models.projectors.downsampler import Downsampler
 class WindowQFormerProjector(Projector):
     """A BLIP-2 Q-Former applied per window of k frames (SALMONN's window-level design).
 
-    Each window of k encoder frames is attended by ``qformer_queries`` learned queries through a
+    Each window of k encoder frames is attended by ``adapter.qformer.queries`` learned queries through a
     Q-Former (self-attention over the queries, cross-attention into the window's frames), giving
-    ``qformer_queries`` output tokens per window; a linear map takes them to the LLM's width.
+    that many output tokens per window; a linear map takes them to the LLM's width.
     Windows are independent, so output length = n_windows * queries, exact per utterance.
     """
 
@@ -29,7 +29,7 @@ class WindowQFormerProjector(Projector):
             heads -= 1
         qcfg = Blip2QFormerConfig(
             hidden_size=hidden,
-            num_hidden_layers=cfg.qformer_layers,
+            num_hidden_layers=cfg.qformer.layers,
             num_attention_heads=heads,
             intermediate_size=hidden * 4,
             encoder_hidden_size=d_enc,
@@ -37,15 +37,15 @@ class WindowQFormerProjector(Projector):
         )
         self.down = Downsampler(cfg.k, cfg.tail)
         self.qformer = Blip2QFormerModel(qcfg)
-        self.queries = nn.Parameter(torch.randn(1, cfg.qformer_queries, hidden) * qcfg.initializer_range)
+        self.queries = nn.Parameter(torch.randn(1, cfg.qformer.queries, hidden) * qcfg.initializer_range)
         self.proj = nn.Linear(hidden, d_llm)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        return self.down.output_lengths(lengths) * self.cfg.qformer_queries
+        return self.down.output_lengths(lengths) * self.cfg.qformer.queries
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, D = x.shape
-        k, q = self.cfg.k, self.cfg.qformer_queries
+        k, q = self.cfg.k, self.cfg.qformer.queries
         windows, n_win = self.down(x, lengths)  # B, W, k*D
         W = windows.shape[1]
         if W == 0:  # every utterance shorter than one window (tail="drop"): no tokens at all
