@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import math
 import types
 import typing
@@ -22,6 +23,9 @@ from harness.registry import did_you_mean
 from harness.config.keys import set_path
 from harness.config.run import MOVED, FrozenDict, RunConfig, validate
 from harness.config.yamlfile import SourceMap, parse_override, read_yaml
+
+log = logging.getLogger("harness.config")
+_WARNED: set[str] = set()
 
 # --------------------------------------------------------------------------------------------
 # dict -> dataclass with type checking
@@ -135,7 +139,32 @@ def _unknown_key(path: str, names: list[str], section: str, at: str) -> ConfigEr
     return ConfigError(f"{at}unknown key {path!r}{hint}. Valid keys of {section}: {', '.join(names)}")
 
 
+def _read_moved(data: dict, prefix: str, where: typing.Callable[[str], str]) -> dict:
+    """``data`` with the old spelling of an option that moved into its family's section
+    (:data:`~harness.config.run.MOVED`, e.g. ``encoder: {input_mode: pad30}``) read at its new place,
+    with one warning; so study files and run folders written before keep loading. Giving both the
+    old and the new key is an error."""
+    out = dict(data)
+    for key in data:
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if path not in MOVED:
+            continue
+        family, leaf = MOVED[path][len(prefix) + 1:].split(".")
+        section = out.get(family, {})
+        if not isinstance(section, dict):
+            continue  # the section's own type error names it
+        if leaf in section:
+            raise ConfigError(f"{where(path)}{path}: the old spelling of {MOVED[path]}, which is also given; keep only {MOVED[path]}")
+        out[family] = {**section, leaf: out.pop(key)}
+        note = f"{where(path)}{path} is the old spelling of {MOVED[path]}; read as {MOVED[path]}"
+        if note not in _WARNED:
+            _WARNED.add(note)
+            log.warning(note)
+    return out
+
+
 def _from_dict(cls: type, data: dict, prefix: str, where: typing.Callable[[str], str]) -> Any:
+    data = _read_moved(data, prefix, where)
     hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}

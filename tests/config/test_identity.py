@@ -136,14 +136,24 @@ def test_the_version_2_identity_is_the_one_older_stores_were_written_with(tmp_pa
     assert config_hash(cfg) not in legacy_hashes(cfg).values()  # version 3 names it anew
 
 
-@pytest.mark.parametrize("old,new", [("encoder.input_mode", "encoder.whisper.input_mode"),
-                                     ("adapter.qformer_queries", "adapter.qformer.queries"),
-                                     ("adapter.qformer_layers", "adapter.qformer.layers")])
-def test_a_moved_key_names_where_it_went(old: str, new: str) -> None:
-    with pytest.raises(ConfigError, match=rf"override '{re.escape(old)}=1': {re.escape(old)}: this key moved to '{re.escape(new)}'"):
-        load_config(None, [f"{old}=1"])
-    with pytest.raises(ConfigError, match=rf"this key moved to '{re.escape(new)}'"):
-        build_config({old.split(".")[0]: {old.split(".")[1]: 1}})
+@pytest.mark.parametrize("old,new,value", [("encoder.input_mode", "encoder.whisper.input_mode", "pad30"),
+                                           ("adapter.qformer_queries", "adapter.qformer.queries", 3),
+                                           ("adapter.qformer_layers", "adapter.qformer.layers", 4)])
+def test_a_moved_key_is_read_at_its_new_place_in_files_and_refused_as_an_axis(
+        old: str, new: str, value: Any, tmp_path: Path, caplog) -> None:
+    section, leaf = old.split(".")
+    run_folder_config = tmp_path / "config.yaml"  # as a run folder of an older version holds it; line 2 holds the leaf
+    run_folder_config.write_text(yaml.safe_dump({section: {leaf: value}}))
+    caplog.set_level(logging.WARNING, logger="harness.config")
+    cfg = load_config(run_folder_config)
+    assert cfg == load_config(None, [f"{new}={value}"]) != RunConfig()
+    assert f"config.yaml:2: {old} is the old spelling of {new}" in caplog.text
+    assert load_config(None, [f"{old}={value}"]) == cfg  # an override too
+    with pytest.raises(ConfigError, match=rf"the old spelling of {re.escape(new)}, which is also given"):
+        load_config(None, [f"{old}={value}", f"{new}={value}"])
+    study = write_study(tmp_path, "moved", {}, axes={old: [value]})
+    with pytest.raises(ConfigError, match=rf"moved.yaml:\d+: {re.escape(old)}: this key moved to '{re.escape(new)}'"):
+        load_study(study)
 
 
 def test_the_config_tree_is_immutable_and_hashable() -> None:
