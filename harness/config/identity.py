@@ -76,9 +76,26 @@ def manifest_digest(path: str | os.PathLike) -> str:
         return MISSING + Path(path).as_posix()
 
 
+# Settings added after stores of version-3 runs existed: at their defaults they are left out of every
+# version's identity, so adding them renamed no cell.
+_ADDED_AT_DEFAULT: dict[str, Any] = {"decode.ctc_weight": 0.0, "decode.ctc_candidates": 8}
+
+
+def _drop_at_default(cfg: RunConfig, data: dict, settings: dict[str, Any]) -> None:
+    """Delete from ``data`` (the config as plain data) each of ``settings`` that ``cfg`` holds at its default."""
+    for key, default in settings.items():
+        if get_path(cfg, key) == default:
+            *parents, leaf = key.split(".")
+            section = data
+            for p in parents:
+                section = section[p]
+            del section[leaf]
+
+
 def experiment_dict(cfg: RunConfig) -> dict:
     """The part of ``cfg`` that defines the experiment, as plain JSON-ready data."""
     data = _experiment_part(cfg)
+    _drop_at_default(cfg, data, _ADDED_AT_DEFAULT)
     d = data["data"]
     d["train"], d["dev"] = manifest_digest(cfg.data.train), manifest_digest(cfg.data.dev)
     d["test"] = {name: manifest_digest(path) for name, path in cfg.data.test.items()}
@@ -129,13 +146,7 @@ def _as_version_2(data: dict) -> dict:
 
 def _version_1(cfg: RunConfig) -> str:
     data = _as_version_2(to_dict(cfg))
-    for key, default in _LEGACY_ADDED_LATER.items():
-        if get_path(cfg, key) == default:
-            *parents, leaf = key.split(".")
-            section = data
-            for p in parents:
-                section = section[p]
-            del section[leaf]
+    _drop_at_default(cfg, data, {**_LEGACY_ADDED_LATER, **_ADDED_AT_DEFAULT})
     return _sha256(_dumps(data))
 
 

@@ -248,6 +248,13 @@ class DecodeConfig:
     compression (``adapter.ctc.compress``) each position is one CTC token, so a ratio near 1-1.5
     bounds a transcript by what the CTC head heard; without it a position is k encoder frames.
     ``None``: off."""
+    ctc_weight: float = 0.0
+    """Greedy joint CTC/LLM decoding (a departure from the paper, which decodes with the LLM alone):
+    each next token maximises ``(1 - w) x LLM log-prob + w x CTC prefix score`` (Watanabe et al., 2017)
+    of the CTC head (``adapter.ctc``), so tokens the audio does not hold, and run-ons past its end, cost
+    what the head says they cost. In [0, 1]; 0: the LLM alone. Needs ``adapter.ctc.weight > 0`` and ``beam: 1``."""
+    ctc_candidates: int = 8
+    """With ``ctc_weight`` > 0: how many of the LLM's most likely next tokens the CTC head scores (and the EOS)."""
     normaliser: Literal["librispeech", "whisper"] = "librispeech"
     """Text normalisation applied to hypothesis and reference before WER."""
 
@@ -295,6 +302,8 @@ CHECKS: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("decode.batch_size", lambda v: v >= 1, ">= 1"),
     ("decode.tokens_per_second", lambda v: v is None or v > 0, "> 0 or null"),
     ("decode.tokens_per_position", lambda v: v is None or v > 0, "> 0 or null"),
+    ("decode.ctc_weight", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ("decode.ctc_candidates", lambda v: v >= 1, ">= 1"),
 ]
 _REFERENCE_SCHEMES = ("hf:", "pack:", "tiny:")
 
@@ -315,6 +324,12 @@ def validate(cfg: RunConfig, where: typing.Callable[[str], str]) -> None:
     for key, on in (("adapter.ctc.compress", ctc.compress), ("adapter.ctc.lm_after", ctc.lm_after > 0)):
         if on and ctc.weight == 0:
             raise ConfigError(f"{where(key)}{key}: needs adapter.ctc.weight > 0 (the CTC head it relies on is trained by that loss)")
+    if cfg.decode.ctc_weight > 0 and ctc.weight == 0:
+        raise ConfigError(f"{where('decode.ctc_weight')}decode.ctc_weight: needs adapter.ctc.weight > 0 (joint decoding "
+                          "scores with the CTC head that loss trains)")
+    if cfg.decode.ctc_weight > 0 and cfg.decode.beam != 1:
+        raise ConfigError(f"{where('decode.ctc_weight')}decode.ctc_weight: joint CTC decoding is greedy; expected "
+                          f"decode.beam: 1, got {cfg.decode.beam}")
     if ctc.lm_after >= cfg.train.max_steps:
         raise ConfigError(f"{where('adapter.ctc.lm_after')}adapter.ctc.lm_after: expected < train.max_steps "
                           f"({cfg.train.max_steps}), got {ctc.lm_after} (the LM loss would never train)")

@@ -26,6 +26,8 @@ in the projector's outputs, so the LM loss still trains the projector through th
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -116,3 +118,91 @@ class CTCHead(nn.Module):
         if self.readout == "projector":  # each vector to the scale of a token embedding
             out = out * (embed_rms / (out.pow(2).mean(-1, keepdim=True).sqrt() + 1e-6))
         return out, torch.tensor(out_lens, dtype=torch.long, device=x.device)
+
+
+class CTCPrefixScorer:
+    """The CTC prefix score of one utterance's hypotheses, grown one token at a time.
+
+    For a prefix ``g`` the score is log P(g ... | x): the probability, under the CTC head's frame
+    posteriors, that the transcript *starts* with ``g`` (Watanabe et al., 2017, "Hybrid CTC/attention",
+    Algorithm 2). Kept per prefix: the forward variables ``r_n[t]`` / ``r_b[t]`` (log probability of
+    ``g`` having been read by frame t, ending in a token frame / a blank frame). :meth:`scores` gives
+    the prefix score of ``g + c`` for many candidates ``c`` at once, :meth:`end_score` the probability
+    that the transcript is exactly ``g`` (what the EOS is scored with), :meth:`extend` appends the
+    chosen token. ``log_probs``: ``T, V+1`` log posteriors, the blank last (as :class:`CTCHead` makes them).
+    """
+
+    def __init__(self, log_probs: torch.Tensor) -> None:
+        self.x = log_probs.float()  # T, V+1
+        self.blank = self.x.shape[1] - 1
+        T = self.x.shape[0]
+        self.r_n = self.x.new_full((T,), -math.inf)  # the empty prefix ends in no token frame
+        self.r_b = self.x[:, self.blank].cumsum(0)  # ... but in blanks all along
+        self.last: int | None = None
+        self.score = 0.0  # log P(empty prefix ...) = log 1
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
+
+    def scores(self, cands: torch.Tensor) -> torch.Tensor:
+        """Prefix scores ``K`` of ``g + c`` for candidate token ids ``cands`` (``K``), kept for :meth:`extend`."""
+        T, K = self.x.shape[0], cands.numel()
+        x_c, x_b = self.x[:, cands], self.x[:, self.blank]  # T, K and T
+        # phi[t]: log prob that g has been read by frame t and the next frame may start c
+        # (after a blank always; after a token frame only if c differs from g's last token).
+        phi = torch.logaddexp(self.r_n, self.r_b)[:, None].expand(T, K).clone()  # T, K
+        if self.last is not None:
+            same = cands == self.last
+            phi[:, same] = self.r_b[:, None]
+        r_n, r_b = self.x.new_full((T, K), -math.inf), self.x.new_full((T, K), -math.inf)
+        if self.last is None:
+            r_n[0] = x_c[0]  # c read at the first frame
+        psi = r_n[0].clone()  # K
+        for t in range(1, T):
+            r_n[t] = torch.logaddexp(r_n[t - 1], phi[t - 1]) + x_c[t]
+            r_b[t] = torch.logaddexp(r_b[t - 1], r_n[t - 1]) + x_b[t]
+            psi = torch.logaddexp(psi, phi[t - 1] + x_c[t])
+        self._cache = {int(c): (r_n[:, k], r_b[:, k], float(psi[k])) for k, c in enumerate(cands.tolist())}
+        return psi
+
+    def end_score(self) -> float:
+        """log P(transcript == g | x): the score of ending the hypothesis here."""
+        return float(torch.logaddexp(self.r_n[-1], self.r_b[-1]))
+
+    def extend(self, token: int) -> None:
+        """Append ``token`` (scored by the last :meth:`scores` call, or scored now) to the prefix."""
+        if token not in self._cache:
+            self.scores(torch.tensor([token], device=self.x.device))
+        self.r_n, self.r_b, self.score = self._cache[token]
+        self.last, self._cache = token, {}
+
+
+class JointCTCChooser:
+    """Greedy joint CTC/LLM decoding: each row's next token maximises
+    ``(1 - weight) x log P_llm(c | ...) + weight x (CTC prefix score of g + c  -  that of g)``
+    over the LLM's ``candidates`` most likely tokens and the EOS (scored by the CTC probability that the
+    transcript ends here). The CTC term makes a token the audio does not hold, or a token past the
+    end of the audio, costly: it stops the loops and run-ons a frozen LLM writes from a noisy readout.
+    """
+
+    def __init__(self, scorers: list[CTCPrefixScorer], eos_id: int, *, weight: float, candidates: int) -> None:
+        if not 0.0 < weight <= 1.0:
+            raise ValueError(f"weight must be in (0, 1], got {weight}")
+        self.scorers, self.eos, self.weight, self.candidates = scorers, eos_id, weight, candidates
+
+    def __call__(self, rows: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``rows`` A (utterance of each batch row), ``logits`` A, V -> the next token of each row, A."""
+        logp = F.log_softmax(logits.float(), dim=-1)  # A, V
+        top = logp.topk(min(self.candidates + 1, logp.shape[1]), dim=-1).indices  # A, K+1 (EOS may be among them)
+        out = []
+        for j, row in enumerate(rows.tolist()):
+            scorer = self.scorers[row]
+            cands = top[j][top[j] != self.eos][: self.candidates]  # K
+            cands = cands[cands < scorer.blank]  # tokens the CTC head can write (embedding rows)
+            joint = (1 - self.weight) * logp[j, cands] + self.weight * (scorer.scores(cands) - scorer.score)
+            end = (1 - self.weight) * float(logp[j, self.eos]) + self.weight * (scorer.end_score() - scorer.score)
+            if cands.numel() == 0 or end >= float(joint.max()):
+                out.append(self.eos)
+                continue
+            tok = int(cands[int(joint.argmax())])
+            scorer.extend(tok)
+            out.append(tok)
+        return torch.tensor(out, dtype=torch.long, device=logits.device)

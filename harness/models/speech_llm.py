@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 
 from harness.config import LLMConfig
 from harness.models.projectors import Projector
-from harness.models.ctc import CTCHead
+from harness.models.ctc import CTCHead, CTCPrefixScorer, JointCTCChooser
 from harness.models.encoders import SpeechEncoder
 from harness.models.fast.kv_cache import preallocated_cache
 from harness.models.fast.onednn import use_onednn_linears
@@ -312,7 +313,7 @@ class SpeechLLM(nn.Module):
     @torch.no_grad()
     def generate_frames(
         self, frames: torch.Tensor, lengths: torch.Tensor, *, beam: int = 1, max_new_tokens: int | list[int] = 200,
-        synced: bool = False, tokens_per_position: float | None = None,
+        synced: bool = False, tokens_per_position: float | None = None, ctc_weight: float = 0.0, ctc_candidates: int = 8,
     ) -> list[str]:
         """Transcripts of a batch of encoder frames.
 
@@ -322,22 +323,36 @@ class SpeechLLM(nn.Module):
         there the cap only bounds a model that has not learned to stop.
         ``synced``: keep stepping until every process is done (sharded weights need all ranks in each pass).
         ``tokens_per_position``: also cap each row at this many tokens per speech position it reads, plus 4.
+        ``ctc_weight`` > 0: greedy joint CTC/LLM decoding with the CTC head (:class:`~harness.models.ctc.JointCTCChooser`,
+        over the LLM's ``ctc_candidates`` best tokens and the EOS).
         """
         caps = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * frames.shape[0]
-        speech, speech_lens = self.project(frames, lengths)  # B, T', H (compressed to B, S, H with CTC compression)
+        speech, speech_lens, logits, ctc_lens = self._project(frames, lengths)  # B, T', H (B, S, H with CTC compression)
         if tokens_per_position is not None:
             caps = [min(c, math.ceil(tokens_per_position * int(n)) + 4) for c, n in zip(caps, speech_lens.tolist())]
-        return self.generate_embeddings(speech, speech_lens, caps, beam=beam, synced=synced)
+        choose = None
+        if ctc_weight > 0:
+            if logits is None:
+                raise ValueError("decode.ctc_weight > 0 needs a CTC head (adapter.ctc.weight > 0)")
+            log_probs = F.log_softmax(logits.float(), dim=-1)  # B, T', V+1
+            scorers = [CTCPrefixScorer(log_probs[b, : int(n)]) for b, n in enumerate(ctc_lens.tolist())]
+            choose = JointCTCChooser(scorers, self.prompt.eos_id, weight=ctc_weight, candidates=ctc_candidates)
+        return self.generate_embeddings(speech, speech_lens, caps, beam=beam, synced=synced, choose=choose)
 
     @torch.no_grad()
     def generate_embeddings(
         self, speech: torch.Tensor, speech_lens: torch.Tensor, caps: list[int], *, beam: int = 1, synced: bool = False,
+        choose: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> list[str]:
         """Transcripts of what the LLM reads in the speech slot (``B, S, H`` in its embedding space), each row
-        cut at its own cap of new tokens (see :meth:`generate_frames`)."""
+        cut at its own cap of new tokens (see :meth:`generate_frames`). ``choose``: picks each row's next
+        token from its logits in greedy decoding (default: the argmax)."""
+        if choose is not None and (beam > 1 or synced):
+            raise ValueError("joint CTC decoding (decode.ctc_weight > 0) is greedy and single-process: "
+                             "it needs decode.beam=1 and unsharded LLM weights")
         if beam == 1 and not synced:
             inputs = self.build_inputs(speech, speech_lens, None, left_pad=True, shared_prefix=self.shares_prefix)
-            rows = self._greedy(inputs, caps)
+            rows = self._greedy(inputs, caps, choose)
             return [t.strip() for t in self.prompt.tokenizer.batch_decode(rows, skip_special_tokens=True)]
         inputs = self.build_inputs(speech, speech_lens, None, left_pad=True)  # transformers' generate: whole rows
         out = self.llm.generate(
@@ -357,7 +372,8 @@ class SpeechLLM(nn.Module):
         return [t.strip() for t in self.prompt.tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
     @torch.no_grad()
-    def _greedy(self, inputs: LLMInputs, caps: list[int]) -> list[list[int]]:
+    def _greedy(self, inputs: LLMInputs, caps: list[int],
+                choose: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> list[list[int]]:
         """Greedy decoding with the KV cache that drops each row from the batch as soon as it ends.
 
         A static batch keeps computing rows that have already written EOS (or reached their cap) until
@@ -377,7 +393,7 @@ class SpeechLLM(nn.Module):
             use_cache=True, logits_to_keep=1, **kv,
         ).logits[:, -1]  # A, V
         while True:
-            nxt = logits.argmax(-1)  # A
+            nxt = logits.argmax(-1) if choose is None else choose(active, logits)  # A
             keep = []
             for j, (row, tok) in enumerate(zip(active.tolist(), nxt.tolist())):
                 if tok == self.prompt.eos_id:

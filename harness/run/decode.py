@@ -38,6 +38,12 @@ def _token_cap(seconds: float, cfg: DecodeConfig) -> int:
     return min(cfg.max_new_tokens, int(math.ceil(seconds * cfg.tokens_per_second)) + 16)
 
 
+def _decode_options(cfg: DecodeConfig) -> dict[str, Any]:
+    """What :meth:`SpeechLLM.generate_frames` takes from the decode settings besides beam and caps."""
+    return {"tokens_per_position": cfg.tokens_per_position, "ctc_weight": cfg.ctc_weight,
+            "ctc_candidates": cfg.ctc_candidates}
+
+
 def transcribe(
     model: SpeechLLM,
     utts: Sequence[Utterance],
@@ -67,7 +73,7 @@ def transcribe(
             frames, lengths = speech_frames(model, batch, features)
             caps = [_token_cap(float(n) / model.encoder.frame_rate, cfg) for n in lengths]
             out = model.generate_frames(frames, lengths, beam=cfg.beam, max_new_tokens=caps, synced=dist.enabled,
-                                        tokens_per_position=cfg.tokens_per_position)
+                                        **_decode_options(cfg))
             if real:
                 mine.update(zip(idx, out))
             bar.update(len(idx) * dist.world)
@@ -95,7 +101,7 @@ def transcribe_audio(model: SpeechLLM, audio: Sequence[Any], cfg: RunConfig) -> 
                 frames = frames.to(torch.float16).to(frames.dtype)
             caps = [_token_cap(float(n) / model.encoder.frame_rate, cfg.decode) for n in lengths]
             out += model.generate_frames(frames, lengths, beam=cfg.decode.beam, max_new_tokens=caps,
-                                         tokens_per_position=cfg.decode.tokens_per_position)
+                                         **_decode_options(cfg.decode))
     finally:
         model.train(was_training)
     return out

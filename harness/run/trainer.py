@@ -286,6 +286,9 @@ class Trainer:
 
     def _setup_model(self) -> SpeechLLM:
         model = build_model(self.cfg, device=self.device)
+        if self.dist.enabled and self.cfg.decode.ctc_weight > 0:  # before training, not after it
+            raise ValueError("decode.ctc_weight > 0 (joint CTC decoding) decodes in one process; under torchrun set "
+                             "decode.ctc_weight=0 and decode the finished run with `harness eval RUN decode.ctc_weight=W`")
         if self.dist.enabled and self.cfg.train.parallel == "fsdp":
             if any(p.requires_grad for p in model.llm.parameters()):
                 raise ValueError("train.parallel=fsdp shards a frozen LLM; it does not support llm.lora.enabled=true yet")

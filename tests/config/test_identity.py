@@ -69,9 +69,13 @@ def test_the_execution_settings_are_the_ten_that_do_not_change_what_is_learned()
     assert set(execution_dict(RunConfig())) == EXECUTION_KEYS
 
 
+def _needs_ctc(key: str) -> bool:
+    return (key.startswith("adapter.ctc.") and key != "adapter.ctc.weight") or key.startswith("decode.ctc_")
+
+
 def _variant(key: str, tp: Any) -> RunConfig:
     data = to_dict(RunConfig())
-    if key.startswith("adapter.ctc.") and key != "adapter.ctc.weight":
+    if _needs_ctc(key):
         _set(data, "adapter.ctc.weight", 0.5)  # the other CTC settings are valid only with the loss on
     _set(data, key, _changed(_get(data, key), tp))
     return build_config(data)
@@ -84,7 +88,7 @@ def test_each_setting_is_in_the_identity_exactly_when_it_defines_the_experiment(
     same = config_hash(cfg) == config_hash(RunConfig())
     if key in EXECUTION_KEYS or key == "data.optional_test":
         assert same, f"{key} is how a run executes (or evaluation only): it must not make a new cell"
-    elif key.startswith("adapter.ctc.") and key != "adapter.ctc.weight":
+    elif _needs_ctc(key):
         base = _variant("adapter.ctc.weight", float)  # compare with the loss on, the only valid setting
         assert config_hash(cfg) != config_hash(base) or cfg == base, key
     else:
