@@ -89,12 +89,12 @@ def test_dry_run_prints_the_array_without_submitting(tmp_path: Path, libri) -> N
 def test_a_grid_runs_as_one_array_each_cell_once_and_a_second_submission_skips_all(tmp_path: Path, libri) -> None:
     d = _manifests(tmp_path, libri)
     path = write_study(tmp_path, "sgrid", base_config(d, max_steps=3, checkpoint_every=3, lr=1e-3),
-                       axes={"adapter.k": [2, 3, 4, 5]})
+                       axes={"adapter.k": [2, 3, 4]})
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     common = ["--tracking-uri", uri, "--runs-root", str(tmp_path / "runs"), *_slurm_args(tmp_path)]
     done = _run(tmp_path, "study", "run", str(path), *common, "--wait")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "submitted 4 tasks" in done.stdout
+    assert "submitted 3 tasks" in done.stdout
     st = load_study(path)
     runs = cell_runs(uri, path)
     assert set(runs) == {c.hash for c in st.cells}
@@ -107,7 +107,7 @@ def test_a_grid_runs_as_one_array_each_cell_once_and_a_second_submission_skips_a
         assert_no_duplicates(client, run.info.run_id)
         jobs.add(run.data.tags[tags.SLURM_JOB])
         assert Path(run.data.tags[tags.SLURM_STDOUT]).exists()
-    assert len(jobs) == 4 and len({j.split("_")[0] for j in jobs}) == 1  # one array, one task per cell
+    assert len(jobs) == 3 and len({j.split("_")[0] for j in jobs}) == 1  # one array, one task per cell
     for c in st.cells:  # logs named by study and cell
         assert (tmp_path / "slurm-logs" / "sgrid" / "cells" / f"{c.hash}.out").resolve().exists()
 
@@ -117,7 +117,7 @@ def test_a_grid_runs_as_one_array_each_cell_once_and_a_second_submission_skips_a
     status = _run(tmp_path, "study", "status", str(path), "--tracking-uri", uri, "--slurm-logs",
                   str(tmp_path / "slurm-logs"))
     assert status.returncode == 0, status.stderr
-    assert "4 cells: 4 done" in status.stdout
+    assert "3 cells: 3 done" in status.stdout
 
 
 def _job_state(job: str) -> str:
@@ -125,7 +125,9 @@ def _job_state(job: str) -> str:
 
 
 @needs_slurm
-@pytest.mark.parametrize("sig,procs", [("TERM", 1), ("USR2", 1), ("USR2", 2)])
+# TERM is what SLURM sends at preemption, USR2 what --signal sends before the time limit; both reach the one
+# stop handler, so USR2 is tried on the two-process cell only (one variant less: 45 s of the suite).
+@pytest.mark.parametrize("sig,procs", [("TERM", 1), ("USR2", 2)])
 def test_a_signalled_task_checkpoints_is_requeued_and_resumes_into_the_same_run(tmp_path: Path, libri, sig: str,
                                                                                 procs: int) -> None:
     """procs=2: the cell trains on two processes (data parallel); SLURM's signal reaches the task and its
