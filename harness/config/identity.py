@@ -78,7 +78,7 @@ def manifest_digest(path: str | os.PathLike) -> str:
 
 # Settings added after stores of version-3 runs existed: at their defaults they are left out of every
 # version's identity, so adding them renamed no cell.
-_ADDED_AT_DEFAULT: dict[str, Any] = {"decode.ctc_weight": 0.0, "decode.ctc_candidates": 8}
+_ADDED_AT_DEFAULT: dict[str, Any] = {"decode.ctc_weight": 0.0, "decode.ctc_candidates": 32}
 
 
 def _drop_at_default(cfg: RunConfig, data: dict, settings: dict[str, Any]) -> None:

@@ -313,7 +313,7 @@ class SpeechLLM(nn.Module):
     @torch.no_grad()
     def generate_frames(
         self, frames: torch.Tensor, lengths: torch.Tensor, *, beam: int = 1, max_new_tokens: int | list[int] = 200,
-        synced: bool = False, tokens_per_position: float | None = None, ctc_weight: float = 0.0, ctc_candidates: int = 8,
+        synced: bool = False, tokens_per_position: float | None = None, ctc_weight: float = 0.0, ctc_candidates: int = 32,
     ) -> list[str]:
         """Transcripts of a batch of encoder frames.
 
