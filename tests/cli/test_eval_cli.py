@@ -84,3 +84,15 @@ def test_eval_takes_decode_overrides_and_refuses_others(trained) -> None:
     assert "Traceback" not in bad.stderr
     worse = _cli("eval", str(tmp / "run"), "decode.tokens_per_position=0", cwd=tmp)
     assert worse.returncode != 0 and "decode.tokens_per_position: expected > 0 or null" in worse.stderr
+
+
+def test_eval_decodes_a_ctc_run_jointly_with_its_head(trained) -> None:
+    """``decode.ctc_weight`` needs no retraining: a finished run with a CTC head decodes with it and the LLM
+    together; beam search with it is refused in one line."""
+    tmp, _ = trained
+    out = _cli("eval", str(tmp / "run"), "decode.ctc_weight=0.7", "decode.ctc_candidates=4", cwd=tmp)
+    assert out.returncode == 0, out.stderr
+    assert sum("WER" in line for line in out.stdout.splitlines()) == 4
+    beam = _cli("eval", str(tmp / "run"), "decode.ctc_weight=0.7", "decode.beam=2", cwd=tmp)
+    assert beam.returncode != 0 and "Traceback" not in beam.stderr
+    assert "decode.ctc_weight: joint CTC decoding is greedy; expected decode.beam: 1, got 2" in beam.stderr
