@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.config import LLMConfig
+from harness.config import DecodeConfig, LLMConfig
 from harness.models.projectors import Projector
 from harness.models.ctc import CTCHead, CTCPrefixScorer, JointCTCChooser
 from harness.models.encoders import SpeechEncoder
@@ -313,7 +313,7 @@ class SpeechLLM(nn.Module):
     @torch.no_grad()
     def generate_frames(
         self, frames: torch.Tensor, lengths: torch.Tensor, *, beam: int = 1, max_new_tokens: int | list[int] = 200,
-        synced: bool = False, tokens_per_position: float | None = None, ctc_weight: float = 0.0, ctc_candidates: int = 32,
+        synced: bool = False, tokens_per_position: float | None = None, ctc_weight: float = 0.0, ctc_candidates: int = DecodeConfig.ctc_candidates,
     ) -> list[str]:
         """Transcripts of a batch of encoder frames.
 
